@@ -1,0 +1,3 @@
+"""lalmpipe: how a local LLM behaves as its context window fills up."""
+
+__version__ = "0.1.0"

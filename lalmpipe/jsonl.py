@@ -1,0 +1,181 @@
+"""Read and write records as JSON Lines, with the manners every command shares.
+
+Errors name their source and line (``turns.jsonl:12: invalid JSON``); stdout
+carries records only, flushed one by one; ``| head`` ends quietly; Ctrl-C
+exits 130 after what was done is flushed.
+"""
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+import os
+import sys
+from typing import Callable, Iterable, Iterator, TextIO
+
+import jsonlines
+
+from .records import KINDS, RecordError, check_version
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    INTERRUPTED = 130
+
+
+class InputError(Exception):
+    """Bad input: the message already names the source and line."""
+
+
+def add_input_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="*", metavar="FILE",
+                        help="JSON Lines input (default: stdin, also '-')")
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _binary(stream) -> object:
+    return getattr(stream, "buffer", stream)
+
+
+def iter_lines_records(name: str, fp) -> Iterator[tuple[str, int, dict]]:
+    """Yield (source, line number, decoded object) from one open stream."""
+    for lineno, line in enumerate(fp, 1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"{name}:{lineno}: not UTF-8 text") from None
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise InputError(f"{name}:{lineno}: invalid JSON") from None
+        yield name, lineno, obj
+
+
+def read_records(inputs: list[str], stdin, consumes: set[str], passes: set[str],
+                 hint: dict[str, str] | None = None) -> Iterator[tuple[str, int, dict]]:
+    """Yield checked records from files or stdin.
+
+    A record whose kind is in `consumes` or `passes` is yielded; any other
+    input is an InputError naming source and line. `hint` adds advice per kind.
+    """
+    for name in inputs or ["-"]:
+        if name == "-":
+            yield from _checked("stdin", _binary(stdin), consumes, passes, hint)
+            continue
+        try:
+            fp = open(name, "rb")
+        except OSError as e:
+            raise InputError(f"{name}: {e.strerror}") from None
+        with fp:
+            yield from _checked(name, fp, consumes, passes, hint)
+
+
+def _checked(name, fp, consumes, passes, hint) -> Iterator[tuple[str, int, dict]]:
+    for source, lineno, obj in iter_lines_records(name, fp):
+        where = f"{source}:{lineno}"
+        kind = obj.get("kind") if isinstance(obj, dict) else None
+        if kind is None:
+            raise InputError(f"{where}: not a lalmpipe record (no 'kind')")
+        if kind not in consumes and kind not in passes:
+            expected = " or ".join(sorted(consumes))
+            extra = (hint or {}).get(kind, "")
+            raise InputError(f"{where}: unexpected {kind!r} record, expected {expected}"
+                             + (f" ({extra})" if extra else ""))
+        if kind in KINDS:
+            try:
+                check_version(obj)
+            except RecordError as e:
+                raise InputError(f"{where}: {e}") from None
+        yield source, lineno, obj
+
+
+class RecordWriter:
+    """Write records one compact JSON object a line, flushed after each."""
+
+    def __init__(self, stream: TextIO, also: TextIO | None = None):
+        self._writers = [jsonlines.Writer(stream, compact=True, flush=True)]
+        self._fsync = also
+        if also is not None:
+            self._writers.append(jsonlines.Writer(also, compact=True, flush=True))
+
+    def write(self, record: dict) -> None:
+        for w in self._writers:
+            w.write(record)
+        if self._fsync is not None:
+            os.fsync(self._fsync.fileno())
+
+
+def dumps(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+def entry(prog: str, body: Callable[[], int], stdout: TextIO, stderr: TextIO,
+          debug: bool = False) -> int:
+    """Run a command body with the shared error, pipe and interrupt manners."""
+    try:
+        return int(body())
+    except InputError as e:
+        _flush_quietly(stdout)
+        print(f"{prog}: error: {e}", file=stderr)
+        return ExitCode.ERROR
+    except KeyboardInterrupt:
+        _flush_quietly(stdout)
+        print(f"{prog}: interrupted", file=stderr)
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        _silence(stdout)
+        return ExitCode.OK
+    except Exception as e:  # noqa: BLE001 - one line for users, traceback on --debug
+        if debug:
+            raise
+        _flush_quietly(stdout)
+        print(f"{prog}: error: {e}", file=stderr)
+        return ExitCode.ERROR
+
+
+def _flush_quietly(stream) -> None:
+    try:
+        stream.flush()
+    except (BrokenPipeError, ValueError, OSError):
+        _silence(stream)
+
+
+def _silence(stream) -> None:
+    """Point a broken stdout at devnull so the interpreter's exit flush is quiet."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, ValueError, OSError, io_unsupported()):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def io_unsupported():
+    import io
+    return io.UnsupportedOperation
+
+
+def parse_args(parser: argparse.ArgumentParser, argv, stderr) -> argparse.Namespace | int:
+    """Parse argv; on a usage error return ExitCode.USAGE instead of exiting."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+
+
+def streams(stdin, stdout, stderr):
+    return stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
+
+
+def iter_of(records: Iterable[dict]) -> Iterator[dict]:
+    yield from records

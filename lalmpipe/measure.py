@@ -1,0 +1,213 @@
+"""Derive every per-turn and per-run number: pure functions, no clock, no I/O."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from .reasoning import StreamView
+
+# Prompt growth below this share of the conversation's growth means the
+# server saw less than was sent (tokenizers differ, so not much stricter).
+TRUNCATION_GROWTH_SHARE = 0.5
+TRUNCATION_MIN_GROWTH = 16
+
+
+def r6(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
+
+
+def r3(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Return the q-th percentile (0-100), linear between closest ranks."""
+    if not values:
+        return None
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def gaps(times: Sequence[float]) -> list[float]:
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+def decode_tps(tokens: int | None, t_first: float | None, t_last: float | None) -> float | None:
+    """Tokens after the first token chunk per second of decoding."""
+    if tokens is None or t_first is None or t_last is None or t_last <= t_first or tokens < 2:
+        return None
+    return (tokens - 1) / (t_last - t_first)
+
+
+def timing(view: StreamView) -> dict:
+    """Compute times from the token chunks of one stream."""
+    times = [t for t, _, _ in view.tokens]
+    first_content = next((t for t, _, c in view.tokens if c.strip()), None)
+    r_times = [t for t, is_r, _ in view.tokens if is_r]
+    itl = gaps(times)
+    return {
+        "ttft_s": times[0] if times else None,
+        "ttft_content_s": first_content,
+        "e2e_s": times[-1] if times else None,
+        "itl_p50_s": percentile(itl, 50),
+        "itl_p95_s": percentile(itl, 95),
+        "itl_max_s": max(itl) if itl else None,
+        "reasoning_s": (r_times[-1] - r_times[0]) if view.reasoning and r_times else None,
+    }
+
+
+def token_counts(usage: dict | None, reasoning_count: int | None,
+                 content_count: int | None) -> dict:
+    """Prefer the server's counts; split reasoning/content by tiktoken otherwise."""
+    usage = usage or {}
+    details = usage.get("completion_tokens_details") or {}
+    completion = usage.get("completion_tokens")
+    if details.get("reasoning_tokens") is not None and completion is not None:
+        reasoning = details["reasoning_tokens"]
+        return {"prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": completion,
+                "reasoning_tokens": reasoning, "content_tokens": completion - reasoning,
+                "tokens_source": "server"}
+    source = "tiktoken" if reasoning_count is not None else None
+    return {"prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": completion,
+            "reasoning_tokens": reasoning_count, "content_tokens": content_count,
+            "tokens_source": source}
+
+
+def cached_tokens(usage: dict | None, timings: dict | None) -> int | None:
+    details = (usage or {}).get("prompt_tokens_details") or {}
+    if details.get("cached_tokens") is not None:
+        return details["cached_tokens"]
+    return (timings or {}).get("cache_n")
+
+
+def prefill_tps(prompt_tokens: int | None, cached: int | None, ttft_s: float | None) -> float | None:
+    """Uncached prompt tokens per second of time to first token."""
+    if prompt_tokens is None or not ttft_s:
+        return None
+    return (prompt_tokens - (cached or 0)) / ttft_s
+
+
+def generated_tokens(counts: dict, n_token_chunks: int) -> int:
+    """Tokens generated this turn: server usage, else tiktoken, else chunks."""
+    if counts["completion_tokens"] is not None:
+        return counts["completion_tokens"]
+    if counts["reasoning_tokens"] is not None:
+        return counts["reasoning_tokens"] + (counts["content_tokens"] or 0)
+    return n_token_chunks
+
+
+def truncated(prompt_tokens: int | None, completion_tokens: int | None,
+              prev_prompt_tokens: int | None, request_growth: int | None,
+              window: int | None) -> bool:
+    """Tell if the server saw less of the conversation than was sent.
+
+    `request_growth` is how much the client-side count of the request grew
+    since the previous successful turn's request.
+    """
+    if prompt_tokens is None:
+        return False
+    if prev_prompt_tokens is not None:
+        if prompt_tokens < prev_prompt_tokens:
+            return True
+        grew = prompt_tokens - prev_prompt_tokens
+        if (request_growth is not None and request_growth >= TRUNCATION_MIN_GROWTH
+                and grew < TRUNCATION_GROWTH_SHARE * request_growth):
+            return True
+    return bool(window and completion_tokens is not None
+                and prompt_tokens + completion_tokens >= window)
+
+
+def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Least-squares slope of ys against xs."""
+    n = len(xs)
+    if n < 2:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+
+
+# ---- per-run aggregation (lalm-report) ----
+
+CEILING_EXCLUDED = {"interrupted"}
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Aggregate one run's metrics records."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    ttft = [r["ttft_s"] for r in ok if r.get("ttft_s") is not None]
+    tps = [r["decode_tps"] for r in ok if r.get("decode_tps") is not None]
+    ctx = [r["context_tokens"] for r in rows if r.get("context_tokens") is not None]
+    return {
+        "turns": len(rows), "ok": len(ok),
+        "errors": sum(1 for r in rows if r["status"] == "error"),
+        "interrupted": sum(1 for r in rows if r["status"] == "interrupted"),
+        "truncated": sum(1 for r in rows if r.get("truncated")),
+        "ttft_mean_s": r6(mean(ttft)), "ttft_p50_s": r6(percentile(ttft, 50)),
+        "ttft_p95_s": r6(percentile(ttft, 95)),
+        "decode_tps_mean": r3(mean(tps)),
+        "prompt_tokens_total": _total(rows, "prompt_tokens"),
+        "completion_tokens_total": _total(rows, "completion_tokens"),
+        "reasoning_tokens_total": _total(rows, "reasoning_tokens"),
+        "cached_tokens_total": _total(rows, "cached_tokens"),
+        "max_context_tokens": max(ctx) if ctx else None,
+        "duration_s": r6(sum(r.get("e2e_s") or r.get("ttft_s") or 0.0 for r in rows)),
+        **degradation(ok),
+    }
+
+
+def _total(rows, key) -> int | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return sum(vals) if vals else None
+
+
+def degradation(ok: list[dict]) -> dict:
+    """How speed changes as the context grows."""
+    pts = [(r["context_tokens"], r["ttft_s"]) for r in ok
+           if r.get("context_tokens") is not None and r.get("ttft_s") is not None]
+    k = slope([p[0] for p in pts], [p[1] for p in pts])
+    tps = [(r.get("context_tokens"), r["decode_tps"]) for r in ok if r.get("decode_tps")]
+    start = mean([t for _, t in tps[:3]]) if tps else None
+    end = mean([t for _, t in tps[-3:]]) if tps else None
+    half = next((c for c, t in tps if start and t < start / 2), None)
+    return {"ttft_slope_s_per_1k_tokens": r6(k * 1000 if k is not None else None),
+            "decode_tps_start": r3(start), "decode_tps_end": r3(end),
+            "decode_ratio_end_to_start": r3(end / start if start and end else None),
+            "decode_half_speed_at_context_tokens": half}
+
+
+def reasoning_summary(rows: list[dict]) -> dict:
+    with_r = [r for r in rows if r.get("has_reasoning")]
+    ok = [r for r in rows if r["status"] == "ok"]
+    return {
+        "turns_with_reasoning": len(with_r),
+        "share": r3(len(with_r) / len(ok)) if ok else None,
+        "reasoning_tokens_mean": r3(mean([r["reasoning_tokens"] for r in with_r
+                                          if r.get("reasoning_tokens") is not None])),
+        "reasoning_s_mean": r6(mean([r["reasoning_s"] for r in with_r
+                                     if r.get("reasoning_s") is not None])),
+    }
+
+
+def ceiling(rows: list[dict]) -> dict | None:
+    """The first turn where the context broke: an error or a silent truncation."""
+    last_ok = None
+    for r in rows:
+        failed = r["status"] == "error" and r.get("error_kind") not in CEILING_EXCLUDED
+        if failed or r.get("truncated"):
+            ctx = r.get("context_tokens") or r.get("prompt_tokens") or r.get("conversation_tokens")
+            return {"turn": r["turn"], "context_tokens": ctx,
+                    "reason": "truncation" if not failed else r.get("error_kind"),
+                    "last_ok_context_tokens": last_ok}
+        if r["status"] == "ok" and r.get("context_tokens") is not None:
+            last_ok = r["context_tokens"]
+    return None

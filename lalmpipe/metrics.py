@@ -1,0 +1,134 @@
+"""lalm-metrics: derive per-turn metrics from a recording.
+
+Usage:
+    lalm-metrics [FILE ...]
+
+Reads the `run` and `turn` records of lalm-chat and writes the `run` record
+followed by one `metrics` record per turn. It uses no clock and no network:
+the same recording always gives byte-identical output.
+
+Example:
+    lalm-prompts --num-rounds 5 | lalm-chat | lalm-metrics | lalm-report
+    lalm-metrics logs/run.jsonl > logs/run.metrics.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Iterable, Iterator
+
+from . import measure, tokens
+from .jsonl import (ExitCode, RecordWriter, add_common_args, add_input_args, entry,
+                    parse_args, read_records, streams)
+from .measure import r3, r6
+from .reasoning import read_stream
+from .records import STATUS_OK, Metrics, Run, Turn
+
+PROG = "lalm-metrics"
+
+
+class Conversation:
+    """Client-side token count of what each request carried."""
+
+    def __init__(self, run: dict | None):
+        params = (run or {}).get("params") or {}
+        self.keep_reasoning = bool(params.get("keep_reasoning"))
+        self.window = ((run or {}).get("server") or {}).get("context_window")
+        self.history_tokens = _count(params.get("system") or "")
+        self.prev_prompt_tokens: int | None = None
+        self.prev_request_tokens: int | None = None
+
+    def measure(self, turn: Turn) -> dict:
+        request_tokens = _add(self.history_tokens, _count(turn.prompt.get("text", "")))
+        view = read_stream(turn.chunks)
+        row = _metrics(turn, view, self, request_tokens)
+        if turn.status == STATUS_OK:
+            answer = _count(view.content) if not self.keep_reasoning else \
+                _add(_count(view.content), _count(view.reasoning))
+            self.history_tokens = _add(request_tokens, answer)
+            if row["prompt_tokens"] is not None:
+                self.prev_prompt_tokens = row["prompt_tokens"]
+                self.prev_request_tokens = request_tokens
+        return row
+
+
+def _count(text: str) -> int | None:
+    return tokens.count(text)
+
+
+def _add(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else a + b
+
+
+def _metrics(turn: Turn, view, conv: Conversation, request_tokens: int | None) -> dict:
+    times = measure.timing(view)
+    counts = measure.token_counts(view.usage, _count(view.reasoning) if view.tokens else 0,
+                                  _count(view.content) if view.tokens else 0)
+    if not view.tokens and counts["tokens_source"] is None and counts["reasoning_tokens"] is None:
+        counts["tokens_source"] = None
+    n_gen = measure.generated_tokens(counts, len(view.tokens))
+    cached = measure.cached_tokens(view.usage, view.timings)
+    p, c = counts["prompt_tokens"], counts["completion_tokens"]
+    growth = None if conv.prev_request_tokens is None or request_tokens is None \
+        else request_tokens - conv.prev_request_tokens
+    error = turn.error or {}
+    return Metrics(
+        run_id=turn.run_id, turn=turn.turn, prompt_id=turn.prompt.get("id"),
+        tier=turn.prompt.get("tier"), status=turn.status, error_kind=error.get("kind"),
+        finish_reason=view.finish_reason,
+        ttft_s=r6(times["ttft_s"]), ttft_content_s=r6(times["ttft_content_s"]),
+        e2e_s=r6(times["e2e_s"]),
+        decode_tps=r3(measure.decode_tps(n_gen, times["ttft_s"], times["e2e_s"])),
+        itl_p50_s=r6(times["itl_p50_s"]), itl_p95_s=r6(times["itl_p95_s"]),
+        itl_max_s=r6(times["itl_max_s"]),
+        **counts,
+        has_reasoning=bool(view.reasoning), reasoning_s=r6(times["reasoning_s"]),
+        cached_tokens=cached,
+        prefill_tps=r3(measure.prefill_tps(p, cached, times["ttft_s"])),
+        context_tokens=_add(p, c),
+        conversation_tokens=_add(request_tokens, _count(view.content)),
+        truncated=measure.truncated(p, c, conv.prev_prompt_tokens, growth, conv.window),
+        server_timings=view.timings,
+    ).to_dict()
+
+
+def derive(records: Iterable[tuple[str, int, dict]]) -> Iterator[dict]:
+    """Yield the run records and one metrics record per turn, in order."""
+    conv = Conversation(None)
+    for _source, _line, rec in records:
+        kind = rec["kind"]
+        if kind == "run":
+            Run.from_dict(rec)
+            conv = Conversation(rec)
+            yield rec
+        elif kind == "turn":
+            yield conv.measure(Turn.from_dict(rec))
+        else:
+            yield rec
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+        epilog="example:\n  lalm-prompts --num-rounds 5 | lalm-chat | lalm-metrics | lalm-report",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_input_args(parser)
+    add_common_args(parser)
+    return parser
+
+
+def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
+    stdin, stdout, stderr = streams(stdin, stdout, stderr)
+    args = parse_args(build_parser(), argv, stderr)
+    if isinstance(args, int):
+        return args
+
+    def body() -> int:
+        out = RecordWriter(stdout)
+        records = read_records(args.inputs, stdin, consumes={"run", "turn"},
+                               passes={"prompt", "probe"},
+                               hint={"metrics": "this is already lalm-metrics output"})
+        for record in derive(records):
+            out.write(record)
+        return ExitCode.OK
+
+    return entry(PROG, body, stdout, stderr, args.debug)

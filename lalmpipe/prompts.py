@@ -1,0 +1,138 @@
+"""lalm-prompts: emit the benchmark's prompts as `prompt` records.
+
+Usage:
+    lalm-prompts [--tier T ...] [--ids 41-80,95] [--num-rounds N] [--file F]
+
+The prompt file is a JSON list of {id, tier, text}; it is checked when it is
+loaded (ids contiguous from 1, known tiers, non-empty text) and a problem is
+named by file and line.
+
+Example:
+    lalm-prompts --tier expert | lalm-chat | lalm-metrics | lalm-report
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Iterator
+
+from .jsonl import ExitCode, InputError, RecordWriter, add_common_args, entry, parse_args, streams
+from .records import TIERS, Prompt
+
+PROG = "lalm-prompts"
+DEFAULT_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "prompts", "lalm_prompts.json")
+
+
+def load(path: str) -> list[Prompt]:
+    """Load and check a prompt file; errors name the file and line."""
+    try:
+        with open(path, encoding="utf-8") as fp:
+            text = fp.read()
+    except OSError as e:
+        raise InputError(f"{path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text") from None
+    prompts = []
+    for line, obj in _elements(path, text):
+        prompts.append(_check(path, line, obj, expected_id=len(prompts) + 1))
+    if not prompts:
+        raise InputError(f"{path}: no prompts")
+    return prompts
+
+
+def _elements(path: str, text: str) -> Iterator[tuple[int, object]]:
+    """Yield (line, element) of a JSON list, so errors can name the line."""
+    decoder = json.JSONDecoder()
+    i = _skip(text, 0)
+    if text[i:i + 1] != "[":
+        raise InputError(f"{path}:{_line(text, i)}: expected a JSON list of prompts")
+    i = _skip(text, i + 1)
+    while text[i:i + 1] != "]":
+        try:
+            obj, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+        yield _line(text, i), obj
+        i = _skip(text, end)
+        if text[i:i + 1] == ",":
+            i = _skip(text, i + 1)
+        elif text[i:i + 1] != "]":
+            raise InputError(f"{path}:{_line(text, i)}: invalid JSON: expected ',' or ']'")
+
+
+def _skip(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _line(text: str, i: int) -> int:
+    return text.count("\n", 0, i) + 1
+
+
+def _check(path: str, line: int, obj, expected_id: int) -> Prompt:
+    where = f"{path}:{line}"
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: a prompt must be an object with id, tier and text")
+    if obj.get("id") != expected_id or isinstance(obj.get("id"), bool):
+        raise InputError(f"{where}: id {obj.get('id')!r} out of order: ids run from 1 "
+                         f"without gaps, expected {expected_id}")
+    if obj.get("tier") not in TIERS:
+        raise InputError(f"{where}: prompt {expected_id}: unknown tier {obj.get('tier')!r} "
+                         f"(one of {', '.join(TIERS)})")
+    text = obj.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"{where}: prompt {expected_id}: empty text")
+    return Prompt(id=obj["id"], tier=obj["tier"], text=text)
+
+
+def parse_ids(spec: str) -> set[int]:
+    """Parse '41-80,95' into a set of ids."""
+    ids: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            a, b = int(lo), int(hi or lo)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad id range {part!r} (e.g. 41-80,95)") from None
+        if a > b:
+            raise argparse.ArgumentTypeError(f"bad id range {part!r}: {a} > {b}")
+        ids.update(range(a, b + 1))
+    return ids
+
+
+def select(prompts: list[Prompt], tiers=None, ids=None, num_rounds=None) -> list[Prompt]:
+    chosen = [p for p in prompts
+              if (not tiers or p.tier in tiers) and (ids is None or p.id in ids)]
+    return chosen if num_rounds is None else chosen[:num_rounds]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Emit the benchmark's prompts as JSON Lines `prompt` records.",
+        epilog="examples:\n  lalm-prompts --tier expert | lalm-chat | lalm-metrics | lalm-report\n"
+               "  lalm-prompts --ids 1-10,95 --num-rounds 5",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--file", default=DEFAULT_FILE, help="prompt file (default: the bundled 231)")
+    p.add_argument("--tier", action="append", choices=TIERS, help="only this tier (repeatable)")
+    p.add_argument("--ids", type=parse_ids, help="only these ids, e.g. 41-80,95")
+    p.add_argument("--num-rounds", type=int, metavar="N", help="only the first N selected")
+    add_common_args(p)
+    return p
+
+
+def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
+    stdin, stdout, stderr = streams(stdin, stdout, stderr)
+    args = parse_args(build_parser(), argv, stderr)
+    if isinstance(args, int):
+        return args
+
+    def body() -> int:
+        out = RecordWriter(stdout)
+        for prompt in select(load(args.file), args.tier, args.ids, args.num_rounds):
+            out.write(prompt.to_dict())
+        return ExitCode.OK
+
+    return entry(PROG, body, stdout, stderr, args.debug)

@@ -1,0 +1,143 @@
+"""Define the record kinds that stages exchange, in one place.
+
+Field names are a public contract (DESIGN.md): add fields freely, never rename
+one or change its meaning without bumping SCHEMA_VERSION. Unknown fields are
+kept in ``extra`` and written back untouched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+SCHEMA_VERSION = 1
+
+TIERS = ("foundations", "intermediate", "advanced", "expert", "obscure", "ultra-deep")
+
+STATUS_OK, STATUS_ERROR, STATUS_INTERRUPTED = "ok", "error", "interrupted"
+
+ERROR_KINDS = ("context_overflow", "http", "connection", "timeout", "stream",
+               "empty", "interrupted")
+
+
+class RecordError(ValueError):
+    """A record that cannot be read: wrong shape, missing field, newer schema."""
+
+
+@dataclass(kw_only=True)
+class Record:
+    KIND: ClassVar[str] = ""
+    extra: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Record":
+        check_version(d)
+        names = cls._names()
+        missing = [n for n in names if n not in d and n in cls._required()]
+        if missing:
+            raise RecordError(f"{cls.KIND} record without {', '.join(missing)}")
+        known = {n: d[n] for n in names if n in d}
+        extra = {k: v for k, v in d.items() if k not in names and k not in ("kind", "v")}
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"kind": self.KIND, "v": SCHEMA_VERSION}
+        for n in self._names():
+            out[n] = getattr(self, n)
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls) if f.name != "extra")
+
+    @classmethod
+    def _required(cls) -> set[str]:
+        from dataclasses import MISSING
+        return {f.name for f in fields(cls)
+                if f.default is MISSING and f.default_factory is MISSING}
+
+
+@dataclass(kw_only=True)
+class Prompt(Record):
+    KIND: ClassVar[str] = "prompt"
+    id: int
+    tier: str
+    text: str
+
+
+@dataclass(kw_only=True)
+class Run(Record):
+    KIND: ClassVar[str] = "run"
+    run_id: str
+    started_at: str
+    tool: dict
+    base_url: str
+    model: str | None
+    params: dict = field(default_factory=dict)
+    server: dict = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class Turn(Record):
+    KIND: ClassVar[str] = "turn"
+    run_id: str
+    turn: int
+    prompt: dict
+    sent_at: str
+    status: str
+    http_status: int | None = None
+    error: dict | None = None
+    attempts: int = 1
+    chunks: list = field(default_factory=list)
+    content: str = ""
+    reasoning: str = ""
+
+
+@dataclass(kw_only=True)
+class Metrics(Record):
+    KIND: ClassVar[str] = "metrics"
+    run_id: str
+    turn: int
+    prompt_id: int | None = None
+    tier: str | None = None
+    status: str = STATUS_OK
+    error_kind: str | None = None
+    finish_reason: str | None = None
+    ttft_s: float | None = None
+    ttft_content_s: float | None = None
+    e2e_s: float | None = None
+    decode_tps: float | None = None
+    itl_p50_s: float | None = None
+    itl_p95_s: float | None = None
+    itl_max_s: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    content_tokens: int | None = None
+    tokens_source: str | None = None
+    has_reasoning: bool = False
+    reasoning_s: float | None = None
+    cached_tokens: int | None = None
+    prefill_tps: float | None = None
+    context_tokens: int | None = None
+    conversation_tokens: int | None = None
+    truncated: bool = False
+    server_timings: dict | None = None
+
+
+KINDS = {cls.KIND: cls for cls in (Prompt, Run, Turn, Metrics)}
+
+
+def check_version(d: dict) -> None:
+    """Reject a record this version cannot read: no version, or a newer one."""
+    v = d.get("v")
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise RecordError(f"{d.get('kind')} record without an integer schema version 'v'")
+    if v > SCHEMA_VERSION:
+        raise RecordError(f"schema version {v} is newer than this lalmpipe reads "
+                          f"({SCHEMA_VERSION}); upgrade lalmpipe")
+
+
+def new_error(kind: str, message: str, body: str | None = None) -> dict:
+    """Build the `error` object of a failed turn."""
+    return {"kind": kind, "message": message, "body": body}

@@ -1,0 +1,148 @@
+"""lalm-report: summarise one or more runs: text, JSON, Markdown or CSV.
+
+Usage:
+    lalm-report [--format text|json|markdown|csv] [FILE ...]
+
+Reads `run` and `metrics` records (the output of lalm-metrics) and tells how
+speed and reasoning changed as the context grew, and where the context broke.
+
+Example:
+    lalm-prompts --num-rounds 8 | lalm-chat | lalm-metrics | lalm-report
+    lalm-metrics logs/run.jsonl | lalm-report --format json > report.json
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+
+from . import measure
+from .jsonl import ExitCode, add_common_args, add_input_args, entry, parse_args, read_records, streams
+from .records import Metrics
+
+PROG = "lalm-report"
+COLUMNS = ("turn", "tier", "status", "context_tokens", "ttft_s", "prefill_tps", "decode_tps",
+           "completion_tokens", "reasoning_tokens", "cached_tokens")
+
+
+def collect(records) -> list[dict]:
+    """Group records into runs: [{run, rows}] in the order they appear."""
+    runs: dict[str, dict] = {}
+    for _source, _line, rec in records:
+        if rec["kind"] == "run":
+            runs.setdefault(rec["run_id"], {"run": rec, "rows": []})["run"] = rec
+        elif rec["kind"] == "metrics":
+            runs.setdefault(rec["run_id"], {"run": None, "rows": []})["rows"].append(rec)
+    return list(runs.values())
+
+
+def analyse(group: dict) -> dict:
+    rows = group["rows"]
+    return {"run": group["run"], "summary": measure.summarize(rows),
+            "reasoning": measure.reasoning_summary(rows), "ceiling": measure.ceiling(rows),
+            "turns": rows}
+
+
+def ceiling_sentence(report: dict) -> str:
+    c, s = report["ceiling"], report["summary"]
+    if c is None:
+        return (f"No ceiling found: all {s['turns']} turns succeeded; the largest context "
+                f"was {_n(s['max_context_tokens'])} tokens.")
+    what = {"truncation": "the server silently truncated the conversation",
+            "context_overflow": "the request overflowed the context window",
+            "timeout": "the server stalled (timeout)"}.get(c["reason"], f"the turn failed ({c['reason']})")
+    last = f"; the last good turn held {_n(c['last_ok_context_tokens'])} tokens" \
+        if c.get("last_ok_context_tokens") else ""
+    return f"Ceiling at turn {c['turn']}: {what} at about {_n(c['context_tokens'])} context tokens{last}."
+
+
+def _n(x) -> str:
+    return "?" if x is None else f"{x:,}"
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+    return str(v)
+
+
+def text(report: dict) -> str:
+    run = report["run"] or {}
+    lines = [f"run {run.get('run_id', '?')}  model {run.get('model', '?')}  at {run.get('base_url', '?')}"]
+    table = [COLUMNS] + [tuple(_cell(r.get(c)) for c in COLUMNS) for r in report["turns"]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    for row in table:
+        lines.append("  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
+    lines.append("")
+    lines += [f"{k:>36}: {_cell(v)}" for k, v in report["summary"].items()]
+    lines += [f"{'reasoning ' + k:>36}: {_cell(v)}" for k, v in report["reasoning"].items()]
+    lines += ["", ceiling_sentence(report)]
+    return "\n".join(lines) + "\n"
+
+
+def markdown(report: dict) -> str:
+    run = report["run"] or {}
+    out = [f"# lalmpipe run {run.get('run_id', '?')}", "",
+           f"Model `{run.get('model', '?')}` at `{run.get('base_url', '?')}`.", "",
+           ceiling_sentence(report), "", "## Summary", "", "| measure | value |", "|---|---|"]
+    out += [f"| {k} | {_cell(v)} |" for k, v in {**report["summary"], **{
+        "reasoning " + k: v for k, v in report["reasoning"].items()}}.items()]
+    out += ["", "## Turns", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    out += ["| " + " | ".join(_cell(r.get(c)) for c in COLUMNS) + " |" for r in report["turns"]]
+    return "\n".join(out) + "\n"
+
+
+def write_csv(reports: list[dict], stream) -> None:
+    fields = ["run_id"] + [n for n in Metrics._names() if n != "run_id"]
+    w = csv.DictWriter(stream, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for rep in reports:
+        for r in rep["turns"]:
+            w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Summarise runs: speed against context size, reasoning, "
+        "and the context ceiling.",
+        epilog="example:\n  lalm-prompts --num-rounds 8 | lalm-chat | lalm-metrics | lalm-report\n"
+               "  lalm-metrics logs/run.jsonl | lalm-report --format json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_input_args(p)
+    p.add_argument("--format", choices=("text", "json", "markdown", "csv"), default="text")
+    add_common_args(p)
+    return p
+
+
+def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
+    stdin, stdout, stderr = streams(stdin, stdout, stderr)
+    args = parse_args(build_parser(), argv, stderr)
+    if isinstance(args, int):
+        return args
+
+    def body() -> int:
+        records = read_records(args.inputs, stdin, consumes={"run", "metrics"},
+                               passes={"prompt", "probe"},
+                               hint={"turn": "pipe the recording through lalm-metrics first"})
+        reports = [analyse(g) for g in collect(records)]
+        if not reports:
+            print(f"{PROG}: error: no runs in the input", file=stderr)
+            return ExitCode.ERROR
+        emit(reports, args.format, stdout)
+        return ExitCode.OK
+
+    return entry(PROG, body, stdout, stderr, args.debug)
+
+
+def emit(reports: list[dict], fmt: str, stdout) -> None:
+    if fmt == "json":
+        doc = reports[0] if len(reports) == 1 else {"runs": reports}
+        stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    elif fmt == "csv":
+        write_csv(reports, stdout)
+    else:
+        render = markdown if fmt == "markdown" else text
+        stdout.write("\n".join(render(r) for r in reports))
+    stdout.flush()

@@ -1,0 +1,73 @@
+"""Keep a run on disk as it happens, and continue a run that was cut short."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from .jsonl import InputError, read_records
+from .records import STATUS_OK, STATUS_INTERRUPTED, Prompt, Turn
+
+
+@contextlib.contextmanager
+def open_output(path: str | None, resume: bool):
+    """Open FILE for appending records (None: no file)."""
+    if path is None:
+        yield None
+        return
+    if not resume and os.path.exists(path) and os.path.getsize(path) > 0:
+        raise InputError(f"{path}: already holds a run; use --resume to continue it "
+                         "or choose another --output")
+    with open(path, "a", encoding="utf-8") as fp:
+        yield fp
+
+
+class PreviousRun:
+    """The finished part of a run read back from its --output file."""
+
+    def __init__(self, run: dict, turns: list[Turn]):
+        self.run = run
+        self.turns = turns
+
+    def apply(self, prompts: list[Prompt], conversation, progress) -> tuple[list[Prompt], int]:
+        """Rebuild the history; return the prompts still to do and the next turn number."""
+        answered = set()
+        for t in self.turns:
+            if t.status == STATUS_OK:
+                conversation.add(t.prompt["text"], t.content, t.reasoning)
+                answered.add(t.prompt["id"])
+        numbers = [t.turn for t in self.turns if t.status != STATUS_INTERRUPTED]
+        first = max(numbers, default=0) + 1
+        todo = [p for p in prompts if p.id not in answered]
+        progress.say(f"resuming run {self.run['run_id']}: {len(answered)} turns done, "
+                     f"{len(todo)} to go, from turn {first}")
+        return todo, first
+
+
+def previous_run(path: str) -> PreviousRun | None:
+    """Read a partial run; drop a half-written last line left by a kill."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return None
+    _drop_partial_line(path)
+    run, turns = None, []
+    for source, line, rec in read_records([path], None, consumes={"run", "turn"}, passes=set()):
+        if rec["kind"] == "run":
+            if run is not None and rec["run_id"] != run["run_id"]:
+                raise InputError(f"{source}:{line}: a second run in one --output file")
+            run = rec
+        else:
+            turns.append(Turn.from_dict(rec))
+    if run is None:
+        raise InputError(f"{path}:1: no run record to resume")
+    return PreviousRun(run, turns)
+
+
+def _drop_partial_line(path: str) -> None:
+    with open(path, "rb+") as fp:
+        data = fp.read()
+        if data.endswith(b"\n"):
+            return
+        cut = data.rfind(b"\n") + 1
+        fp.truncate(cut)
+    print(f"lalm-chat: {path}: dropped a half-written last line ({len(data) - cut} bytes)",
+          file=sys.stderr)

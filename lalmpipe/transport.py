@@ -1,0 +1,152 @@
+"""Talk to an OpenAI-compatible server: the only module with a network and a clock.
+
+The openai SDK does the transport (base URL, key, error types); the response
+body is read raw so each SSE event is timed the moment its bytes arrive. The
+request is timed from an httpx request hook, which fires as the request
+leaves the client rather than when the SDK starts building it.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+
+from .sse import timed_events
+
+OVERFLOW_PATTERNS = re.compile(
+    r"exceed_context_size|exceeds the available context|context[_ ]length|"
+    r"maximum context|context window|prompt is too long|too many tokens|"
+    r"context size|n_ctx", re.IGNORECASE)
+
+TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+@dataclass
+class Attempt:
+    """What one request got back: raw chunks with times, or a failure."""
+    http_status: int | None = None
+    chunks: list = field(default_factory=list)
+    error: dict | None = None          # {kind, message, body}
+    retry_after_s: float | None = None
+    transient: bool = False
+    interrupted: bool = False
+
+
+def classify_status(status: int, body: str) -> str:
+    """Name the error kind of a non-2xx answer."""
+    if status in (400, 413, 422) and OVERFLOW_PATTERNS.search(body or ""):
+        return "context_overflow"
+    return "http"
+
+
+def is_overflow_message(text: str) -> bool:
+    return bool(OVERFLOW_PATTERNS.search(text or ""))
+
+
+class Transport:
+    """An openai client whose request hook marks the moment a request is sent."""
+
+    def __init__(self, base_url: str, api_key: str, stall_timeout_s: float,
+                 connect_timeout_s: float = 10.0):
+        import openai
+
+        self._sent_ns = 0
+        self.http = openai.DefaultHttpxClient(
+            event_hooks={"request": [self._on_request]},
+            timeout=openai.Timeout(stall_timeout_s, connect=connect_timeout_s))
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0,
+                                    http_client=self.http)
+        self.base_url = str(self.client.base_url).rstrip("/")
+        self.openai = openai
+
+    def _on_request(self, request) -> None:
+        self._sent_ns = time.perf_counter_ns()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def stream(self, body: dict, deadline_s: float | None) -> Attempt:
+        """Send one streamed chat request; record every event with its time."""
+        openai = self.openai
+        att = Attempt()
+        extra = {k: v for k, v in body.items() if k not in ("model", "messages")}
+        self._sent_ns = time.perf_counter_ns()
+        try:
+            with self.client.chat.completions.with_streaming_response.create(
+                    model=body["model"], messages=body["messages"],
+                    extra_body=extra) as resp:
+                att.http_status = resp.status_code
+                self._read(resp.http_response.iter_raw(), att, deadline_s)
+        except KeyboardInterrupt:
+            att.interrupted = True
+            att.error = {"kind": "interrupted", "message": "interrupted by the user", "body": None}
+        except openai.APIStatusError as e:
+            self._status_error(e, att)
+        except openai.APITimeoutError as e:
+            att.error = {"kind": "timeout", "message": f"no bytes for the stall timeout ({e})", "body": None}
+        except openai.APIConnectionError as e:
+            cause = e.__cause__ or e
+            att.error = {"kind": "connection", "message": f"{type(cause).__name__}: {cause}", "body": None}
+            att.transient = not att.chunks
+        except _StreamTimeout as e:
+            att.error = {"kind": "timeout", "message": str(e), "body": None}
+        except Exception as e:  # noqa: BLE001 - a broken stream is data, not a crash
+            kind = "timeout" if "timeout" in type(e).__name__.lower() else "stream"
+            att.error = {"kind": kind, "message": f"{type(e).__name__}: {e}", "body": None}
+        return att
+
+    def _read(self, reads, att: Attempt, deadline_s: float | None) -> None:
+        t0 = self._sent_ns
+        chunks = att.chunks
+        limit_ns = None if deadline_s is None else t0 + int(deadline_s * 1e9)
+        for t_ns, event, data in timed_events(reads):
+            chunks.append([round((t_ns - t0) / 1e9, 6), data] if event == "message"
+                          else [round((t_ns - t0) / 1e9, 6), data, event])
+            if limit_ns is not None and t_ns > limit_ns:
+                raise _StreamTimeout(f"turn took longer than --timeout {deadline_s:g} s")
+
+    def _status_error(self, e, att: Attempt) -> None:
+        status = e.status_code
+        try:
+            body = e.response.text
+        except Exception:  # noqa: BLE001 - body may be unreadable
+            body = None
+        att.http_status = status
+        att.error = {"kind": classify_status(status, body or ""),
+                     "message": _error_message(body) or f"HTTP {status}", "body": body}
+        att.transient = status in TRANSIENT_STATUS or status >= 500
+        ra = e.response.headers.get("retry-after")
+        if ra:
+            try:
+                att.retry_after_s = float(ra)
+            except ValueError:
+                pass
+
+    def get_json(self, path: str, root: bool = False, timeout_s: float = 3.0,
+                 method: str = "GET", body: dict | None = None):
+        """Fetch JSON from the server (relative to base URL or server root)."""
+        base = self.base_url
+        if root:
+            base = re.sub(r"/v\d+$", "", base)
+        headers = {"Authorization": f"Bearer {self.client.api_key}"}
+        r = self.http.request(method, base + path, headers=headers, json=body, timeout=timeout_s)
+        r.raise_for_status()
+        return r.json()
+
+
+class _StreamTimeout(Exception):
+    pass
+
+
+def _error_message(body: str | None) -> str | None:
+    if not body:
+        return None
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return body.strip()[:300]
+    err = obj.get("error", obj) if isinstance(obj, dict) else obj
+    if isinstance(err, dict):
+        return str(err.get("message") or err)[:300]
+    return str(err)[:300]
