@@ -27,7 +27,7 @@ from typing import Iterable, Iterator
 
 from . import __version__
 from .jsonl import (ExitCode, InputError, RecordWriter, add_common_args, add_input_args,
-                    entry, parse_args, read_records, streams)
+                    entry, load_as, parse_args, read_records, streams)
 from .progress import Progress
 from .reasoning import read_stream
 from .records import STATUS_ERROR, STATUS_INTERRUPTED, STATUS_OK, Prompt, Run, Turn
@@ -162,10 +162,7 @@ def load_prompts(args, stdin) -> list[Prompt]:
     prompts = []
     for source, line, rec in read_records(args.inputs, stdin, consumes={"prompt"}, passes=set(),
                                           hint={"turn": "lalm-chat reads prompts; see lalm-replay"}):
-        try:
-            prompts.append(Prompt.from_dict(rec))
-        except (ValueError, TypeError) as e:
-            raise InputError(f"{source}:{line}: {e}") from None
+        prompts.append(load_as(Prompt, source, line, rec))
     if args.num_rounds is not None:
         prompts = prompts[:args.num_rounds]
     return prompts
@@ -219,7 +216,7 @@ def _json_object(text: str) -> dict:
 def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
     stdin, stdout, stderr = streams(stdin, stdout, stderr)
     parser = build_parser()
-    args = parse_args(parser, argv, stderr)
+    args = parse_args(parser, argv, stdout, stderr)
     if isinstance(args, int):
         return args
     if args.resume and not args.output:

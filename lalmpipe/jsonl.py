@@ -7,6 +7,7 @@ exits 130 after what was done is flushed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import enum
 import json
 import os
@@ -67,16 +68,32 @@ def read_records(inputs: list[str], stdin, consumes: set[str], passes: set[str],
     A record whose kind is in `consumes` or `passes` is yielded; any other
     input is an InputError naming source and line. `hint` adds advice per kind.
     """
+    count = 0
     for name in inputs or ["-"]:
         if name == "-":
-            yield from _checked("stdin", _binary(stdin), consumes, passes, hint)
+            for item in _checked("stdin", _binary(stdin), consumes, passes, hint):
+                count += 1
+                yield item
             continue
         try:
             fp = open(name, "rb")
         except OSError as e:
             raise InputError(f"{name}: {e.strerror}") from None
         with fp:
-            yield from _checked(name, fp, consumes, passes, hint)
+            for item in _checked(name, fp, consumes, passes, hint):
+                count += 1
+                yield item
+    if count == 0:
+        where = "stdin" if not inputs or inputs == ["-"] else ", ".join(inputs)
+        raise InputError(f"{where}:1: empty input: no records")
+
+
+def load_as(cls, source: str, line: int, rec: dict):
+    """Build a record object; a wrong shape becomes an InputError naming the line."""
+    try:
+        return cls.from_dict(rec)
+    except (RecordError, TypeError, ValueError) as e:
+        raise InputError(f"{source}:{line}: {e}") from None
 
 
 def _checked(name, fp, consumes, passes, hint) -> Iterator[tuple[str, int, dict]]:
@@ -112,10 +129,6 @@ class RecordWriter:
             w.write(record)
         if self._fsync is not None:
             os.fsync(self._fsync.fileno())
-
-
-def dumps(record: dict) -> str:
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
 
 
 def entry(prog: str, body: Callable[[], int], stdout: TextIO, stderr: TextIO,
@@ -165,17 +178,15 @@ def io_unsupported():
     return io.UnsupportedOperation
 
 
-def parse_args(parser: argparse.ArgumentParser, argv, stderr) -> argparse.Namespace | int:
-    """Parse argv; on a usage error return ExitCode.USAGE instead of exiting."""
-    try:
-        return parser.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
+def parse_args(parser: argparse.ArgumentParser, argv, stdout, stderr) -> argparse.Namespace | int:
+    """Parse argv into the command's own streams; on --help or a usage error
+    return the exit code instead of exiting."""
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            return parser.parse_args(argv)
+        except SystemExit as e:
+            return int(e.code or 0)
 
 
 def streams(stdin, stdout, stderr):
     return stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
-
-
-def iter_of(records: Iterable[dict]) -> Iterator[dict]:
-    yield from records

@@ -17,7 +17,7 @@ import argparse
 from typing import Iterable, Iterator
 
 from . import measure, tokens
-from .jsonl import (ExitCode, RecordWriter, add_common_args, add_input_args, entry,
+from .jsonl import (ExitCode, RecordWriter, add_common_args, add_input_args, entry, load_as,
                     parse_args, read_records, streams)
 from .measure import r3, r6
 from .reasoning import read_stream
@@ -61,10 +61,7 @@ def _add(a: int | None, b: int | None) -> int | None:
 
 def _metrics(turn: Turn, view, conv: Conversation, request_tokens: int | None) -> dict:
     times = measure.timing(view)
-    counts = measure.token_counts(view.usage, _count(view.reasoning) if view.tokens else 0,
-                                  _count(view.content) if view.tokens else 0)
-    if not view.tokens and counts["tokens_source"] is None and counts["reasoning_tokens"] is None:
-        counts["tokens_source"] = None
+    counts = measure.token_counts(view.usage, _count(view.reasoning), _count(view.content))
     n_gen = measure.generated_tokens(counts, len(view.tokens))
     cached = measure.cached_tokens(view.usage, view.timings)
     p, c = counts["prompt_tokens"], counts["completion_tokens"]
@@ -94,14 +91,14 @@ def _metrics(turn: Turn, view, conv: Conversation, request_tokens: int | None) -
 def derive(records: Iterable[tuple[str, int, dict]]) -> Iterator[dict]:
     """Yield the run records and one metrics record per turn, in order."""
     conv = Conversation(None)
-    for _source, _line, rec in records:
+    for source, line, rec in records:
         kind = rec["kind"]
         if kind == "run":
-            Run.from_dict(rec)
+            load_as(Run, source, line, rec)
             conv = Conversation(rec)
             yield rec
         elif kind == "turn":
-            yield conv.measure(Turn.from_dict(rec))
+            yield conv.measure(load_as(Turn, source, line, rec))
         else:
             yield rec
 
@@ -118,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
     stdin, stdout, stderr = streams(stdin, stdout, stderr)
-    args = parse_args(build_parser(), argv, stderr)
+    args = parse_args(build_parser(), argv, stdout, stderr)
     if isinstance(args, int):
         return args
 

@@ -43,6 +43,11 @@ class ThinkSplitter:
             break
         return "".join(reasoning), "".join(content)
 
+    @property
+    def holding(self) -> bool:
+        """Whether the end of the text so far may be the start of a tag."""
+        return bool(self._held)
+
     def flush(self) -> tuple[str, str]:
         """Return held-back text at the end of the stream (it was not a tag)."""
         held, self._held = self._held, ""
@@ -123,7 +128,7 @@ def _read_payload(view, t, obj, event, splitter, reasoning, content) -> None:
         content.append(c_text)
         # a chunk that is only a tag (or a tag's first letters) belongs to reasoning
         is_reasoning = bool(r_text or r_split) or (
-            not c_text and (splitter.in_think or splitter.tags != tags_before))
+            not c_text and (splitter.in_think or splitter.holding or splitter.tags != tags_before))
         view.tokens.append((t, is_reasoning, c_text))
 
 

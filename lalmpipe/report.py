@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
     stdin, stdout, stderr = streams(stdin, stdout, stderr)
-    args = parse_args(build_parser(), argv, stderr)
+    args = parse_args(build_parser(), argv, stdout, stderr)
     if isinstance(args, int):
         return args
 

@@ -5,7 +5,7 @@ import contextlib
 import os
 import sys
 
-from .jsonl import InputError, read_records
+from .jsonl import InputError, load_as, read_records
 from .records import STATUS_OK, STATUS_INTERRUPTED, Prompt, Turn
 
 
@@ -56,7 +56,7 @@ def previous_run(path: str) -> PreviousRun | None:
                 raise InputError(f"{source}:{line}: a second run in one --output file")
             run = rec
         else:
-            turns.append(Turn.from_dict(rec))
+            turns.append(load_as(Turn, source, line, rec))
     if run is None:
         raise InputError(f"{path}:1: no run record to resume")
     return PreviousRun(run, turns)

@@ -67,7 +67,18 @@ class Transport:
         self.http.close()
 
     def stream(self, body: dict, deadline_s: float | None) -> Attempt:
-        """Send one streamed chat request; record every event with its time."""
+        """Send one streamed chat request; record every event with its time.
+
+        A kept-alive connection that the server closed between requests (llama.cpp
+        does so every few requests) fails before any byte comes back: that is the
+        connection pool's, not the server's failure, so the request goes again.
+        """
+        att = self._stream_once(body, deadline_s)
+        if att.error and att.http_status is None and "without sending a response" in att.error["message"]:
+            att = self._stream_once(body, deadline_s)
+        return att
+
+    def _stream_once(self, body: dict, deadline_s: float | None) -> Attempt:
         openai = self.openai
         att = Attempt()
         extra = {k: v for k, v in body.items() if k not in ("model", "messages")}

@@ -1,0 +1,41 @@
+import io
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+SECRET = "sk-test-secret-do-not-leak-1234"
+
+
+class Ran:
+    def __init__(self, code, out, err):
+        self.code, self.out, self.err = code, out, err
+
+    @property
+    def records(self):
+        return [json.loads(line) for line in self.out.splitlines() if line.strip()]
+
+
+def run_main(main, argv, stdin_text=""):
+    """Run a command's main() with injected streams."""
+    stdin = io.BytesIO(stdin_text.encode() if isinstance(stdin_text, str) else stdin_text)
+    out, err = io.StringIO(), io.StringIO()
+    code = main(argv, stdin=stdin, stdout=out, stderr=err)
+    return Ran(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def api_key(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    return SECRET
+
+
+def prompts_jsonl(texts, tier="foundations"):
+    return "".join(json.dumps({"kind": "prompt", "v": 1, "id": i + 1, "tier": tier, "text": t}) + "\n"
+                   for i, t in enumerate(texts))

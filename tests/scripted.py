@@ -1,0 +1,123 @@
+"""Streams in each real server dialect, on an exact schedule whose truth is known."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from lalmpipe.replay import Script
+from lalmpipe.sse import encode_event
+
+# each of these is exactly one cl100k_base token, however many are joined
+REASONING_WORD = " the"
+CONTENT_WORD = " cat"
+
+DIALECTS = ("plain", "think_inline", "reasoning_content", "reasoning", "vllm", "no_usage")
+
+
+@dataclass
+class Truth:
+    ttft_s: float
+    ttft_content_s: float
+    rate_tps: float
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    content_tokens: int
+
+
+def _chunk(delta: dict | None = None, finish=None, **extra) -> str:
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    return json.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk",
+                       "model": "scripted", "choices": choices, **extra})
+
+
+def stream(dialect: str, n_reasoning: int = 0, n_content: int = 20, ttft_s: float = 0.2,
+           rate_tps: float = 100.0, prompt_tokens: int = 50, cached: int = 0,
+           finish: str = "stop") -> tuple[Script, Truth]:
+    """Build a scripted answer: role chunk, token chunks every 1/rate s, usage, [DONE]."""
+    if dialect in ("plain", "no_usage"):
+        n_reasoning = 0
+    dt = 1.0 / rate_tps
+    events: list[tuple[float, str]] = [(max(ttft_s - 0.05, 0.001), _chunk({"role": "assistant", "content": None}))]
+    t = ttft_s
+    pieces = _pieces(dialect, n_reasoning, n_content)
+    first_content = None
+    for field_name, text in pieces:
+        events.append((t, _chunk({field_name: text})))
+        if field_name == "content" and text.strip() and first_content is None \
+                and (dialect != "think_inline" or "<" not in text):
+            first_content = t
+        t += dt
+    t_last = t - dt
+    events.append((t_last + 0.0005, _chunk({}, finish=finish)))
+    completion = n_reasoning + n_content
+    if dialect != "no_usage":
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                 "total_tokens": prompt_tokens + completion,
+                 "prompt_tokens_details": {"cached_tokens": cached}}
+        extra = {}
+        if dialect == "vllm":
+            usage["completion_tokens_details"] = {"reasoning_tokens": n_reasoning}
+        if dialect == "reasoning_content":
+            extra["timings"] = {"cache_n": cached, "prompt_n": prompt_tokens - cached,
+                                "prompt_ms": ttft_s * 1000, "predicted_n": completion}
+        events.append((t_last + 0.001, _chunk(None, usage=usage, **extra)))
+    events.append((t_last + 0.0015, "[DONE]"))
+    script = Script(events=[(ts, encode_event(d)) for ts, d in events])
+    return script, Truth(ttft_s=ttft_s, ttft_content_s=first_content, rate_tps=rate_tps,
+                         prompt_tokens=prompt_tokens, completion_tokens=completion,
+                         reasoning_tokens=n_reasoning, content_tokens=n_content)
+
+
+def _pieces(dialect: str, n_reasoning: int, n_content: int) -> list[tuple[str, str]]:
+    """One token per chunk; inline tags arrive split as real servers split them."""
+    content = [("content", CONTENT_WORD)] * n_content
+    if n_reasoning == 0:
+        return content
+    if dialect == "think_inline":
+        # the tags are tokens too, but not reasoning text; the answer starts after "\n\n"
+        return ([("content", "<thi"), ("content", "nk>")]
+                + [("content", REASONING_WORD)] * n_reasoning
+                + [("content", "</th"), ("content", "ink>\n\n")] + content)
+    field_name = "reasoning" if dialect == "reasoning" else "reasoning_content"
+    return [(field_name, REASONING_WORD)] * n_reasoning + content
+
+
+def sse(*events: tuple[float, str]) -> Script:
+    """A script from raw (t, data) pairs."""
+    return Script(events=[(t, encode_event(d)) for t, d in events])
+
+
+class ForkedServer:
+    """A ScriptedServer in a child process, so its pacing never shares the
+    client's interpreter lock: the timing truth stays the schedule."""
+
+    def __init__(self, answer, **kwargs):
+        import multiprocessing
+        from lalmpipe.replay import ScriptedServer
+
+        ctx = multiprocessing.get_context("fork")
+        self._queue = ctx.Queue()
+        self._server = ScriptedServer(answer, on_request=self._queue.put, **kwargs)
+        self._proc = ctx.Process(target=self._server.serve_forever, daemon=True)
+        self._requests: list[dict] = []
+        self.base_url = self._server.base_url
+
+    @property
+    def requests(self) -> list[dict]:
+        import queue
+        while True:
+            try:
+                self._requests.append(self._queue.get(timeout=0.2))
+            except queue.Empty:
+                return self._requests
+
+    def __enter__(self):
+        self._proc.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.requests  # drain before the child goes
+        self._proc.terminate()
+        self._proc.join(5)
+        self._server.server_close()

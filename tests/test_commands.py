@@ -1,0 +1,139 @@
+"""Every command through main() with injected streams, goldens, bad input, manners."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, prompts_jsonl, run_main
+from lalmpipe import chat, metrics, prompts, replay, report
+from regen_golden import CASES, FIXTURES, outputs
+
+COMMANDS = {"lalm-prompts": prompts, "lalm-chat": chat, "lalm-metrics": metrics,
+            "lalm-report": report, "lalm-replay": replay}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden_outputs(case):
+    for name, text in outputs(case):
+        with open(os.path.join(FIXTURES, name), encoding="utf-8") as fp:
+            assert text == fp.read(), f"{name} changed: run tests/regen_golden.py and review the diff"
+
+
+def test_metrics_is_deterministic_and_forwards_the_run():
+    src = os.path.join(FIXTURES, "llama.in.jsonl")
+    a, b = run_main(metrics.main, [src]), run_main(metrics.main, [src])
+    assert a.out == b.out
+    recs = a.records
+    assert recs[0]["kind"] == "run" and [r["kind"] for r in recs[1:]] == ["metrics"] * 3
+
+
+def test_real_recording_numbers_agree_with_the_server():
+    rows = run_main(metrics.main, [os.path.join(FIXTURES, "llama.in.jsonl")]).records[1:]
+    for r in rows:
+        t = r["server_timings"]
+        # the server's own prompt time fits inside the client's TTFT
+        assert r["ttft_s"] * 1000 >= t["prompt_ms"]
+        assert r["completion_tokens"] == t["predicted_n"]
+    assert [r["prompt_tokens"] for r in rows] == sorted(r["prompt_tokens"] for r in rows)
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_has_help_with_an_example(name):
+    ran = run_main(COMMANDS[name].main, ["--help"])
+    assert ran.code == 0
+    assert "example" in ran.out and "|" in ran.out
+
+
+def test_prompts_selection():
+    ids = lambda argv: [r["id"] for r in run_main(prompts.main, argv).records]
+    assert ids([]) == list(range(1, 232))
+    assert ids(["--tier", "expert"]) == list(range(121, 161))
+    assert ids(["--tier", "foundations", "--tier", "ultra-deep", "--num-rounds", "42"]) == \
+        list(range(1, 41)) + [201, 202]
+    assert ids(["--ids", "41-43,95"]) == [41, 42, 43, 95]
+    rec = run_main(prompts.main, ["--ids", "7"]).records[0]
+    assert set(rec) == {"kind", "v", "id", "tier", "text"} and rec["kind"] == "prompt"
+
+
+@pytest.mark.parametrize("content, message", [
+    ('[{"id": 1, "tier": "foundations", "text": "a"},\n {"id": 3, "tier": "expert", "text": "b"}]',
+     ":2: id 3 out of order"),
+    ('[{"id": 1, "tier": "basics", "text": "a"}]', ":1: prompt 1: unknown tier 'basics'"),
+    ('[\n{"id": 1, "tier": "expert", "text": "  "}]', ":2: prompt 1: empty text"),
+    ('[\n{"id": 1, "tier": "expert", "text": "x"},\n{"id": 2 "tier"}]', ":3: invalid JSON"),
+    ('{"id": 1}', ":1: expected a JSON list of prompts"),
+])
+def test_prompt_file_errors_name_file_and_line(tmp_path, content, message):
+    f = tmp_path / "p.json"
+    f.write_text(content)
+    ran = run_main(prompts.main, ["--file", str(f)])
+    assert ran.code == 1 and ran.out == ""
+    assert ran.err.strip() == f"lalm-prompts: error: {f}{message}" or \
+        ran.err.startswith(f"lalm-prompts: error: {f}{message}")
+    assert ran.err.count("\n") == 1
+
+
+def test_bad_usage_exits_2():
+    assert run_main(prompts.main, ["--ids", "9-3"]).code == 2
+    assert run_main(chat.main, ["--on-error", "never"]).code == 2
+    assert run_main(chat.main, ["--resume"], prompts_jsonl(["x"])).code == 2
+
+
+RUN = '{"kind":"run","v":1,"run_id":"r","started_at":"t","tool":{},"base_url":"u","model":"m"}\n'
+
+
+@pytest.mark.parametrize("stdin, message", [
+    (RUN + "{not json\n", "stdin:2: invalid JSON"),
+    (RUN + '{"kind":"turn","v":7,"run_id":"r"}\n', "stdin:2: schema version 7 is newer"),
+    (RUN + '{"kind":"metrics","v":1}\n', "stdin:2: unexpected 'metrics' record"),
+    (RUN + '{"v":1}\n', "stdin:2: not a lalmpipe record"),
+    (RUN + '{"kind":"turn","v":1,"run_id":"r"}\n', "stdin:2: turn record without turn"),
+    (b"\x00\xff\xfe garbage\n", "stdin:1: not UTF-8 text"),
+    ("", "stdin:1: empty input"),
+    ("\n\n", "stdin:1: empty input"),
+])
+def test_bad_input_is_one_line_and_keeps_what_was_written(stdin, message):
+    ran = run_main(metrics.main, [], stdin)
+    assert ran.code == 1
+    assert ran.err.startswith(f"lalm-metrics: error: {message}"), ran.err
+    assert ran.err.count("\n") == 1
+    if stdin.startswith(RUN if isinstance(stdin, str) else b"-"):
+        assert ran.records[0]["run_id"] == "r"      # the run record already went out
+
+
+def test_report_asks_for_metrics_not_turns():
+    ran = run_main(report.main, [os.path.join(FIXTURES, "llama.in.jsonl")])
+    assert ran.code == 1 and "pipe the recording through lalm-metrics first" in ran.err
+
+
+def test_unknown_fields_and_other_kinds_pass_through():
+    src = open(os.path.join(FIXTURES, "llama.in.jsonl")).read().splitlines()
+    run_rec = json.loads(src[0])
+    run_rec["note"] = {"by": "user script"}
+    probe = {"kind": "probe", "v": 1, "anything": 1}
+    stdin = json.dumps(run_rec) + "\n" + json.dumps(probe) + "\n" + src[1] + "\n"
+    recs = run_main(metrics.main, [], stdin).records
+    assert recs[0]["note"] == {"by": "user script"} and recs[1] == probe
+
+
+def test_a_missing_file_is_named():
+    ran = run_main(metrics.main, ["/nonexistent/run.jsonl"])
+    assert ran.code == 1 and ran.err == "lalm-metrics: error: /nonexistent/run.jsonl: No such file or directory\n"
+
+
+def test_subprocess_pipeline_and_head_end_quietly():
+    env = dict(os.environ, PATH=os.path.join(ROOT, "bin") + os.pathsep + os.environ["PATH"])
+    p = subprocess.run("lalm-prompts | head -n 2", shell=True, capture_output=True, text=True, env=env)
+    assert p.returncode == 0 and p.stderr == ""
+    assert [json.loads(line)["id"] for line in p.stdout.splitlines()] == [1, 2]
+    fixture = os.path.join(FIXTURES, "llama.in.jsonl")
+    p = subprocess.run(f"lalm-metrics {fixture} | lalm-report --format json", shell=True,
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert set(doc) == {"run", "summary", "reasoning", "ceiling", "turns"}
+    assert doc["summary"]["turns"] == 3 and doc["ceiling"] is None
+    p = subprocess.run(f"lalm-metrics {fixture} | head -c 10", shell=True, capture_output=True, env=env)
+    assert p.returncode == 0 and p.stderr == b""

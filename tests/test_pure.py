@@ -1,0 +1,141 @@
+"""Pure parts against hand-computed values, and their invariants."""
+import json
+
+import pytest
+from hypothesis import given, strategies as st
+
+from lalmpipe import measure
+from lalmpipe.reasoning import ThinkSplitter, read_stream
+from lalmpipe.sse import encode_event, timed_events
+
+
+def test_percentile_by_hand():
+    assert measure.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert measure.percentile([1.0, 2.0, 3.0, 4.0], 95) == pytest.approx(3.85)
+    assert measure.percentile([5.0], 95) == 5.0
+    assert measure.percentile([], 50) is None
+
+
+@given(st.lists(st.floats(0, 1e6), min_size=1, max_size=50), st.floats(0, 100), st.floats(0, 100))
+def test_percentiles_rise_with_q(values, q1, q2):
+    lo, hi = sorted((q1, q2))
+    assert measure.percentile(values, lo) <= measure.percentile(values, hi) + 1e-9
+
+
+def test_decode_tps_counts_tokens_after_the_first():
+    # 11 tokens, first at 0.5 s, last at 1.5 s: 10 tokens in 1 s
+    assert measure.decode_tps(11, 0.5, 1.5) == 10.0
+    assert measure.decode_tps(1, 0.5, 0.5) is None
+    assert measure.decode_tps(None, 0.5, 1.5) is None
+
+
+def test_slope_by_hand():
+    assert measure.slope([0, 1000, 2000], [0.1, 0.3, 0.5]) == pytest.approx(0.0002)
+    assert measure.slope([5], [1]) is None
+
+
+def test_prefill_and_cache():
+    assert measure.prefill_tps(1000, 800, 0.5) == 400.0
+    assert measure.cached_tokens({"prompt_tokens_details": {"cached_tokens": 7}}, {"cache_n": 9}) == 7
+    assert measure.cached_tokens({}, {"cache_n": 9}) == 9
+    assert measure.cached_tokens(None, None) is None
+
+
+def test_token_counts_prefer_the_server():
+    usage = {"prompt_tokens": 10, "completion_tokens": 50,
+             "completion_tokens_details": {"reasoning_tokens": 20}}
+    assert measure.token_counts(usage, 99, 99) == {
+        "prompt_tokens": 10, "completion_tokens": 50, "reasoning_tokens": 20,
+        "content_tokens": 30, "tokens_source": "server"}
+    got = measure.token_counts({"prompt_tokens": 10, "completion_tokens": 50}, 18, 31)
+    assert (got["reasoning_tokens"], got["content_tokens"], got["tokens_source"]) == (18, 31, "tiktoken")
+
+
+@pytest.mark.parametrize("args, expected", [
+    ((100, 10, 200, None, None), True),        # prompt shrank
+    ((210, 10, 200, 100, None), True),         # grew 10 while the conversation grew 100
+    ((280, 10, 200, 100, None), False),        # grew 80 of 100: tokenizers differ
+    ((300, 212, 200, 100, 512), True),         # prompt + completion filled the window
+    ((300, 100, 200, 100, 512), False),
+    ((300, 100, None, None, None), False),     # first turn: nothing to compare
+])
+def test_truncation_rules(args, expected):
+    assert measure.truncated(*args) is expected
+
+
+def test_think_tags_split_anywhere():
+    text = "<think>\nweigh it</think>\n\nThe answer."
+    for cut in range(len(text) + 1):
+        s = ThinkSplitter()
+        parts = [s.feed(text[:cut]), s.feed(text[cut:]), s.flush()]
+        assert "".join(p[0] for p in parts) == "\nweigh it"
+        assert "".join(p[1] for p in parts) == "\n\nThe answer."
+
+
+@given(st.text(alphabet="ab<>/thinkT \n", max_size=60), st.lists(st.integers(0, 60), max_size=6))
+def test_splitting_does_not_depend_on_chunking(text, cuts):
+    whole = ThinkSplitter()
+    expected = [whole.feed(text), whole.flush()]
+    pieces, last = [], 0
+    for c in sorted(set(min(c, len(text)) for c in cuts)) + [len(text)]:
+        pieces.append(text[last:c])
+        last = c
+    s = ThinkSplitter()
+    got = [s.feed(p) for p in pieces] + [s.flush()]
+    assert "".join(g[0] for g in got) == "".join(e[0] for e in expected)
+    assert "".join(g[1] for g in got) == "".join(e[1] for e in expected)
+
+
+def _chunks(*deltas):
+    return [[0.1 * (i + 1), json.dumps({"choices": [{"index": 0, "delta": d}]})] for i, d in enumerate(deltas)]
+
+
+def test_read_stream_dialects():
+    inline = read_stream(_chunks({"role": "assistant"}, {"content": "<thi"}, {"content": "nk>hm"},
+                                 {"content": "m</think>\n\n"}, {"content": "Yes"}))
+    assert (inline.reasoning, inline.content) == ("hmm", "Yes")
+    assert [t for t, _, _ in inline.tokens] == pytest.approx([0.2, 0.3, 0.4, 0.5])
+    assert [r for _, r, _ in inline.tokens] == [True, True, True, False]
+    rc = read_stream(_chunks({"reasoning_content": "a"}, {"reasoning": "b"}, {"content": "c"}))
+    assert (rc.reasoning, rc.content) == ("ab", "c")
+    # a template that opens <think> itself: only the closing tag is streamed
+    opened = read_stream(_chunks({"content": "plan"}, {"content": "</think>"}, {"content": "Done"}))
+    assert (opened.reasoning, opened.content) == ("plan", "Done")
+
+
+def test_read_stream_usage_finish_and_errors():
+    chunks = _chunks({"content": "x"}) + [
+        [0.3, json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})],
+        [0.4, json.dumps({"choices": [], "usage": {"prompt_tokens": 3}, "timings": {"cache_n": 1}})],
+        [0.5, "[DONE]"]]
+    v = read_stream(chunks)
+    assert (v.finish_reason, v.usage, v.timings, v.done, len(v.tokens)) == (
+        "length", {"prompt_tokens": 3}, {"cache_n": 1}, True, 1)
+    err = read_stream([[0.1, json.dumps({"error": {"message": "context is full"}}), "error"]])
+    assert err.error == {"message": "context is full"}
+
+
+def _split(data: bytes, cuts):
+    out, last = [], 0
+    for c in sorted(set(cuts)) + [len(data)]:
+        out.append(data[last:c])
+        last = c
+    return out
+
+
+@given(st.lists(st.text(min_size=1, max_size=20).filter(lambda s: "\r" not in s), min_size=1, max_size=8),
+       st.lists(st.integers(0, 400), max_size=10))
+def test_sse_events_survive_any_chunking(payloads, cuts):
+    raw = b": hello\n\n" + b"".join(encode_event(p) for p in payloads)
+    clock = iter(range(10**6)).__next__
+    events = list(timed_events(_split(raw, [min(c, len(raw)) for c in cuts]), clock=clock))
+    assert [d for _, _, d in events] == payloads
+    assert all(e == "message" for _, e, _ in events)
+
+
+def test_sse_times_an_event_when_its_line_arrives():
+    reads = [b"data: a\n", b"\ndata: b", b"\n\n", b"event: error\ndata: c\n\n", b"data: cut"]
+    clock = iter([10, 20, 30, 40, 50]).__next__
+    assert list(timed_events(reads, clock=clock)) == [(10, "message", "a"), (30, "message", "b"),
+                                                     (40, "error", "c")]
+    assert list(timed_events([b"data: x\r\n\r\n"], clock=lambda: 1)) == [(1, "message", "x")]
