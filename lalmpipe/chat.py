@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -226,7 +227,7 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
 
 
 def _run(args, stdin, stdout, stderr) -> int:
-    from .resume import open_output, previous_run
+    from .resume import previous_run
     from .transport import Transport
 
     prompts = load_prompts(args, stdin)
@@ -234,7 +235,14 @@ def _run(args, stdin, stdout, stderr) -> int:
     progress = Progress(stderr, args.quiet, total=len(prompts))
     api_key = os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_KEY
     transport = Transport(args.base_url, api_key, args.stall_timeout)
-    _term_as_interrupt()
+    with _term_as_interrupt():
+        _converse(args, transport, prompts, done, progress, stdout)
+    return ExitCode.OK
+
+
+def _converse(args, transport, prompts, done, progress, stdout) -> None:
+    from .resume import open_output
+
     try:
         model, server = preflight(transport, args.model)
         if model is None:
@@ -255,7 +263,6 @@ def _run(args, stdin, stdout, stderr) -> int:
                 out.write(record)
     finally:
         transport.close()
-    return ExitCode.OK
 
 
 def warn_if_too_small(progress, prompts, window, max_tokens) -> None:
@@ -269,11 +276,17 @@ def warn_if_too_small(progress, prompts, window, max_tokens) -> None:
                      "expect the context to overflow")
 
 
-def _term_as_interrupt() -> None:
-    """Treat SIGTERM like Ctrl-C, so the turn in flight is written first."""
+@contextlib.contextmanager
+def _term_as_interrupt():
+    """Treat SIGTERM like Ctrl-C while the run lasts, so the turn in flight is written."""
     def handler(signum, frame):
         raise KeyboardInterrupt
     try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (a test): leave signals alone
-        pass
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

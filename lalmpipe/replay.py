@@ -143,7 +143,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw or b"{}")
         except ValueError:
             return self._send(400, b'{"error":{"message":"invalid JSON body"}}')
-        script = self.server.next_script(body, dict(self.headers))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        script = self.server.next_script(body, headers)
         try:
             self._play(script, t_arrival)
         except (BrokenPipeError, ConnectionResetError):
@@ -178,7 +179,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.wfile.flush()
         if script.end == "cut":
-            self._reset()
+            # FIN, not RST: what was sent still arrives, then the body ends unfinished
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_WR)
             return
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()

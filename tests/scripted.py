@@ -44,13 +44,14 @@ def stream(dialect: str, n_reasoning: int = 0, n_content: int = 20, ttft_s: floa
     first_content = None
     for field_name, text in pieces:
         events.append((t, _chunk({field_name: text})))
-        if field_name == "content" and text.strip() and first_content is None \
-                and (dialect != "think_inline" or "<" not in text):
+        if text == CONTENT_WORD and first_content is None:
             first_content = t
         t += dt
     t_last = t - dt
     events.append((t_last + 0.0005, _chunk({}, finish=finish)))
     completion = n_reasoning + n_content
+    if dialect == "think_inline" and n_reasoning:
+        completion += 4     # the four tag chunks are tokens the server counts too
     if dialect != "no_usage":
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                  "total_tokens": prompt_tokens + completion,
@@ -99,9 +100,15 @@ class ForkedServer:
         ctx = multiprocessing.get_context("fork")
         self._queue = ctx.Queue()
         self._server = ScriptedServer(answer, on_request=self._queue.put, **kwargs)
-        self._proc = ctx.Process(target=self._server.serve_forever, daemon=True)
+        self._proc = ctx.Process(target=self._serve, daemon=True)
         self._requests: list[dict] = []
         self.base_url = self._server.base_url
+
+    def _serve(self) -> None:
+        import signal
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self._server.serve_forever()
 
     @property
     def requests(self) -> list[dict]:

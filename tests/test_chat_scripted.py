@@ -75,7 +75,7 @@ def test_request_carries_the_defaults_and_the_whole_history(api_key):
         {"role": "user", "content": "Q one"}, {"role": "assistant", "content": "Alpha answer."},
         {"role": "user", "content": "Q two"}, {"role": "assistant", "content": "Beta answer."},
         {"role": "user", "content": "Q three"}]
-    assert reqs[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
+    assert reqs[0]["headers"]["authorization"] == f"Bearer {SECRET}"
     assert SECRET not in ran.out and SECRET not in ran.err
 
 
