@@ -231,8 +231,8 @@ def _run(args, stdin, stdout, stderr) -> int:
     from .transport import Transport
 
     prompts = load_prompts(args, stdin)
-    done = previous_run(args.output) if args.resume else None
     progress = Progress(stderr, args.quiet, total=len(prompts))
+    done = previous_run(args.output, progress.say) if args.resume else None
     api_key = os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_KEY
     transport = Transport(args.base_url, api_key, args.stall_timeout)
     with _term_as_interrupt():

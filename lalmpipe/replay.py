@@ -85,7 +85,7 @@ class ScriptedServer(ThreadingHTTPServer):
         self.answer = answer              # (index, request body) -> Script
         self.speed = speed
         self.models = list(models)
-        self.extra_get = extra_get or {}  # path -> JSON document (e.g. /props)
+        self.extra_get = extra_get or {}  # path -> JSON document (/props, POST /api/show)
         self.requests: list[dict] = []
         self.on_request = on_request
         self._lock = threading.Lock()
@@ -137,6 +137,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
         t_arrival = time.perf_counter()
+        if self.path.rstrip("/") in self.server.extra_get:
+            return self._send(200, json.dumps(self.server.extra_get[self.path.rstrip("/")]).encode())
         if not self.path.rstrip("/").endswith("/chat/completions"):
             return self._send(404, b'{"error":{"message":"not found"}}')
         try:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 
 from .jsonl import InputError, load_as, read_records
 from .records import STATUS_OK, STATUS_INTERRUPTED, Prompt, Turn
@@ -44,11 +43,11 @@ class PreviousRun:
         return todo, first
 
 
-def previous_run(path: str) -> PreviousRun | None:
+def previous_run(path: str, say) -> PreviousRun | None:
     """Read a partial run; drop a half-written last line left by a kill."""
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return None
-    _drop_partial_line(path)
+    _drop_partial_line(path, say)
     run, turns = None, []
     for source, line, rec in read_records([path], None, consumes={"run", "turn"}, passes=set()):
         if rec["kind"] == "run":
@@ -62,12 +61,11 @@ def previous_run(path: str) -> PreviousRun | None:
     return PreviousRun(run, turns)
 
 
-def _drop_partial_line(path: str) -> None:
+def _drop_partial_line(path: str, say) -> None:
     with open(path, "rb+") as fp:
         data = fp.read()
         if data.endswith(b"\n"):
             return
         cut = data.rfind(b"\n") + 1
         fp.truncate(cut)
-    print(f"lalm-chat: {path}: dropped a half-written last line ({len(data) - cut} bytes)",
-          file=sys.stderr)
+    say(f"{path}: dropped a half-written last line ({len(data) - cut} bytes)")

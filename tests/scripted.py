@@ -121,6 +121,7 @@ class ForkedServer:
 
     def __enter__(self):
         self._proc.start()
+        self._server.socket.close()   # only the child listens: if it dies, connections are refused
         return self
 
     def __exit__(self, *exc):

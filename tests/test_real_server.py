@@ -67,11 +67,11 @@ def test_growing_conversation_on_the_real_server(server, api_key):
 
 
 def test_small_window_ends_on_context_overflow_and_the_report_names_it(small_server, api_key):
-    turns, rows, metrics_out = pipeline(small_server, 20, "--max-tokens", "64")
+    turns, rows, metrics_out = pipeline(small_server, 231, "--max-tokens", "64")
     assert turns[0]["server"]["context_window"] == 512
     last = rows[-1]
     assert last["status"] == "error" and last["error_kind"] == "context_overflow"
-    assert all(r["status"] == "ok" for r in rows[:-1]) and 2 <= len(rows) < 20
+    assert all(r["status"] == "ok" for r in rows[:-1]) and 2 <= len(rows) < 231
     doc = json.loads(run_main(report.main, ["--format", "json"], metrics_out).out)
     ceiling = doc["ceiling"]
     assert ceiling["turn"] == last["turn"] and ceiling["reason"] == "context_overflow"

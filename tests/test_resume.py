@@ -1,0 +1,115 @@
+"""Nothing lost: --output keeps every finished turn on disk; kill -9, SIGTERM and
+--resume leave one successful turn per prompt, in order, with the full history."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import ROOT, prompts_jsonl, run_main
+from lalmpipe import chat
+from scripted import ForkedServer, stream
+
+PROMPTS = [f"question number {i}" for i in range(1, 7)]
+
+
+def slow_answer(i, body):
+    return stream("plain", n_content=20, ttft_s=0.05, rate_tps=40)[0]   # about 0.55 s a turn
+
+
+def start_chat(url, output, *args):
+    env = dict(os.environ, OPENAI_API_KEY="sk-secret-resume")
+    prompts = output.parent / "prompts.jsonl"
+    prompts.write_text(prompts_jsonl(PROMPTS))
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "bin", "lalm-chat"), "--base-url", url,
+                             "--model", "m", "--output", str(output), *args, str(prompts)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, text=True)
+
+
+def lines(path):
+    with open(path) as fp:
+        return [json.loads(line) for line in fp if line.strip()]
+
+
+def wait_for_turns(path, n, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path) and sum(1 for r in lines(path) if r["kind"] == "turn") >= n:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{path}: fewer than {n} turns after {timeout} s")
+
+
+def check_complete(path, requests):
+    recs = lines(path)
+    assert recs[0]["kind"] == "run" and sum(r["kind"] == "run" for r in recs) == 1
+    ok = [r for r in recs if r["kind"] == "turn" and r["status"] == "ok"]
+    assert [t["prompt"]["id"] for t in ok] == list(range(1, 7))
+    assert [t["turn"] for t in ok] == list(range(1, 7))
+    # the last request carried the whole history: five questions with their answers
+    last = requests[-1]["body"]["messages"]
+    assert [m["content"] for m in last if m["role"] == "user"] == PROMPTS
+    assert [m["content"] for m in last if m["role"] == "assistant"] == [t["content"] for t in ok[:5]]
+    return recs
+
+
+def test_kill_9_then_resume(tmp_path):
+    out = tmp_path / "run.jsonl"
+    with ForkedServer(slow_answer) as srv:
+        proc = start_chat(srv.base_url, out)
+        wait_for_turns(out, 2)
+        proc.kill()
+        proc.wait()
+        kept = lines(out)
+        assert [r["turn"] for r in kept[1:]] == list(range(1, len(kept)))
+        resumed = start_chat(srv.base_url, out, "--resume")
+        stdout, stderr = resumed.communicate(timeout=60)
+        requests = srv.requests
+    assert resumed.returncode == 0, stderr
+    assert "resuming run" in stderr
+    recs = check_complete(out, requests)
+    assert recs[:len(kept)] == kept                       # what was written stays as it was
+    assert all(r["status"] == "ok" for r in recs[1:])
+    assert "sk-secret-resume" not in open(out).read() + stdout + stderr
+
+
+def test_sigterm_writes_the_turn_in_flight_then_resume_redoes_it(tmp_path):
+    out = tmp_path / "run.jsonl"
+    with ForkedServer(slow_answer) as srv:
+        proc = start_chat(srv.base_url, out)
+        wait_for_turns(out, 2)
+        time.sleep(0.3)                                      # in the middle of turn 3
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=20)
+        assert proc.returncode == 130
+        cut = lines(out)[-1]
+        assert cut["status"] == "interrupted" and cut["error"]["kind"] == "interrupted"
+        assert cut["turn"] == 3 and 0 < len(cut["chunks"]) < 23
+        assert json.loads(stdout.splitlines()[-1]) == cut       # stdout got it too
+        resumed = start_chat(srv.base_url, out, "--resume")
+        _, stderr = resumed.communicate(timeout=60)
+        requests = srv.requests
+    assert resumed.returncode == 0, stderr
+    recs = check_complete(out, requests)
+    assert [r["status"] for r in recs[1:]] == ["ok", "ok", "interrupted", "ok", "ok", "ok", "ok"]
+
+
+def test_resume_drops_a_half_written_line_and_refuses_to_overwrite(tmp_path, api_key):
+    out = tmp_path / "run.jsonl"
+    with ForkedServer(lambda i, b: stream("plain", n_content=3, ttft_s=0.01)[0]) as srv:
+        first = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q",
+                                     "--output", str(out), "--num-rounds", "2"], prompts_jsonl(PROMPTS))
+        assert first.code == 0
+        again = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "--output", str(out)],
+                         prompts_jsonl(PROMPTS))
+        assert again.code == 1 and "already holds a run; use --resume" in again.err
+        with open(out, "a") as fp:
+            fp.write('{"kind":"turn","v":1,"run_id":')          # a kill in the middle of a write
+        resumed = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "--output", str(out),
+                                       "--resume"], prompts_jsonl(PROMPTS))
+        requests = srv.requests
+    assert resumed.code == 0, resumed.err
+    assert "dropped a half-written last line" in resumed.err
+    check_complete(out, requests)
