@@ -159,10 +159,15 @@ def summarize(rows: list[dict]) -> dict:
         "completion_tokens_total": _total(rows, "completion_tokens"),
         "reasoning_tokens_total": _total(rows, "reasoning_tokens"),
         "cached_tokens_total": _total(rows, "cached_tokens"),
+        "cache_hit_ratio": r3(_ratio(_total(rows, "cached_tokens"), _total(rows, "prompt_tokens"))),
         "max_context_tokens": max(ctx) if ctx else None,
         "duration_s": r6(sum(r.get("e2e_s") or r.get("ttft_s") or 0.0 for r in rows)),
         **degradation(ok),
     }
+
+
+def _ratio(a, b) -> float | None:
+    return a / b if a is not None and b else None
 
 
 def _total(rows, key) -> int | None:

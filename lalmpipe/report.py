@@ -63,34 +63,77 @@ def _n(x) -> str:
 def _cell(v) -> str:
     if v is None:
         return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, float):
         return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
     return str(v)
 
 
+HEADINGS = {"turn": "turn", "tier": "tier", "status": "status", "context_tokens": "context",
+            "ttft_s": "TTFT s", "prefill_tps": "prefill tok/s", "decode_tps": "decode tok/s",
+            "completion_tokens": "out tok", "reasoning_tokens": "reason tok", "cached_tokens": "cached"}
+
+
+def _status(r: dict) -> str:
+    if r["status"] == "ok":
+        return "ok*" if r.get("truncated") else "ok"
+    return r.get("error_kind") or r["status"]
+
+
+def _row(r: dict) -> list[str]:
+    return [_status(r) if c == "status" else _cell(r.get(c)) for c in COLUMNS]
+
+
+def summary_lines(report: dict) -> list[tuple[str, str]]:
+    """The summary as (label, sentence) pairs, for people."""
+    s, rz = report["summary"], report["reasoning"]
+    f = lambda x, spec="": "?" if x is None else format(x, spec)
+    lines = [("TTFT", f"mean {f(s['ttft_mean_s'], '.3f')} s, p50 {f(s['ttft_p50_s'], '.3f')} s, "
+                      f"p95 {f(s['ttft_p95_s'], '.3f')} s; "
+                      f"{f(s['ttft_slope_s_per_1k_tokens'], '+.3f')} s per 1,000 context tokens"),
+             ("Decode", f"mean {f(s['decode_tps_mean'], '.1f')} tok/s; {f(s['decode_tps_start'], '.1f')} "
+                        f"at the start, {f(s['decode_tps_end'], '.1f')} at the end "
+                        f"(x{f(s['decode_ratio_end_to_start'], '.2f')})"
+                        + (f"; below half speed from {s['decode_half_speed_at_context_tokens']:,} "
+                           "context tokens" if s["decode_half_speed_at_context_tokens"] else ""))]
+    if s["cached_tokens_total"] is not None and s["prompt_tokens_total"]:
+        lines.append(("Prefix cache", f"{s['cached_tokens_total']:,} of {s['prompt_tokens_total']:,} "
+                                      f"prompt tokens served from cache ({s['cache_hit_ratio']:.0%})"))
+    if rz["turns_with_reasoning"]:
+        lines.append(("Reasoning", f"in {rz['turns_with_reasoning']} of {s['ok']} turns; mean "
+                                   f"{f(rz['reasoning_tokens_mean'], '.0f')} tokens, "
+                                   f"{f(rz['reasoning_s_mean'], '.2f')} s"))
+    else:
+        lines.append(("Reasoning", "none seen"))
+    lines.append(("Turns", f"{s['turns']}: {s['ok']} ok, {s['errors']} failed, {s['truncated']} truncated"
+                           + (f", {s['interrupted']} interrupted" if s["interrupted"] else "")
+                           + f"; largest context {_n(s['max_context_tokens'])} tokens"))
+    lines.append(("Ceiling", ceiling_sentence(report)))
+    return lines
+
+
 def text(report: dict) -> str:
     run = report["run"] or {}
-    lines = [f"run {run.get('run_id', '?')}  model {run.get('model', '?')}  at {run.get('base_url', '?')}"]
-    table = [COLUMNS] + [tuple(_cell(r.get(c)) for c in COLUMNS) for r in report["turns"]]
+    lines = [f"{run.get('model', '?')} at {run.get('base_url', '?')} (run {run.get('run_id', '?')})", ""]
+    table = [[HEADINGS[c] for c in COLUMNS]] + [_row(r) for r in report["turns"]]
     widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
     for row in table:
-        lines.append("  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
+        lines.append("  ".join(cell.rjust(w) for cell, w in zip(row, widths)).rstrip())
     lines.append("")
-    lines += [f"{k:>36}: {_cell(v)}" for k, v in report["summary"].items()]
-    lines += [f"{'reasoning ' + k:>36}: {_cell(v)}" for k, v in report["reasoning"].items()]
-    lines += ["", ceiling_sentence(report)]
+    lines += [f"{label:<13}{sentence}" for label, sentence in summary_lines(report)]
     return "\n".join(lines) + "\n"
 
 
 def markdown(report: dict) -> str:
     run = report["run"] or {}
-    out = [f"# lalmpipe run {run.get('run_id', '?')}", "",
-           f"Model `{run.get('model', '?')}` at `{run.get('base_url', '?')}`.", "",
-           ceiling_sentence(report), "", "## Summary", "", "| measure | value |", "|---|---|"]
-    out += [f"| {k} | {_cell(v)} |" for k, v in {**report["summary"], **{
-        "reasoning " + k: v for k, v in report["reasoning"].items()}}.items()]
-    out += ["", "## Turns", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    out += ["| " + " | ".join(_cell(r.get(c)) for c in COLUMNS) + " |" for r in report["turns"]]
+    out = [f"# {run.get('model', '?')}: lalmpipe run {run.get('run_id', '?')}", "",
+           f"Server `{run.get('base_url', '?')}`, started {run.get('started_at', '?')}.", "",
+           "| | |", "|---|---|"]
+    out += [f"| {label} | {sentence} |" for label, sentence in summary_lines(report)]
+    out += ["", "## Turns", "", "| " + " | ".join(HEADINGS[c] for c in COLUMNS) + " |",
+            "|" + "---|" * len(COLUMNS)]
+    out += ["| " + " | ".join(_row(r)) + " |" for r in report["turns"]]
     return "\n".join(out) + "\n"
 
 
