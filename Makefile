@@ -19,7 +19,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[plot,test]'
 	@touch $@
 
 server-bin: install
@@ -36,21 +36,27 @@ demo: server-bin
 	  $(MAKE) --no-print-directory bench ROUNDS=8 MAX_TOKENS=160 CHAT_ARGS="$(CHAT_ARGS)"
 
 bench: install
-	@mkdir -p $(LOGS); set -e; ts=$$(date -u +%Y%m%dT%H%M%SZ); \
+	@mkdir -p $(LOGS); set -e; ts=$$(date -u +%Y%m%dT%H%M%SZ); all=""; i=0; \
 	for m in $(or $(MODELS),_); do \
-	  name=$(LOGS)/lalm_benchmark_run_$$ts$$( [ "$$m" = _ ] || echo "_$$m" | tr '/: ' '___'); \
+	  i=$$((i + 1)); \
+	  name=$(LOGS)/lalm_benchmark_run_$$ts$$( [ "$$m" = _ ] || echo "_$${i}_$$m" | tr '/: ' '___'); \
 	  $(BIN)/lalm-prompts --num-rounds $(ROUNDS) \
 	  | $(BIN)/lalm-chat $(if $(BASE_URL),--base-url $(BASE_URL)) $$( [ "$$m" = _ ] || echo --model $$m ) \
 	      --max-tokens $(MAX_TOKENS) --output $$name.jsonl $(CHAT_ARGS) \
 	  | $(BIN)/lalm-metrics > $$name.metrics.jsonl; \
 	  $(BIN)/lalm-report --format json $$name.metrics.jsonl > $$name.json; \
-	  $(BIN)/lalm-report $$name.metrics.jsonl; \
-	  echo "recording: $$name.jsonl  report: $$name.json" >&2; \
-	done
+	  $(BIN)/lalm-report --plot $$name.png $$name.metrics.jsonl; \
+	  echo "recording $$name.jsonl, report $$name.json, plot $$name.png" >&2; \
+	  all="$$all $$name.metrics.jsonl"; \
+	done; \
+	if [ $(words $(MODELS)) -gt 1 ]; then \
+	  $(BIN)/lalm-report --plot $(LOGS)/lalm_benchmark_compare_$$ts.png $$all | sed -n '/^Comparison/,$$p'; \
+	  $(BIN)/lalm-report --format json $$all > $(LOGS)/lalm_benchmark_compare_$$ts.json; \
+	fi
 
 report: install
-	@test -n "$(RUN)" || { echo "usage: make report RUN=logs/lalm_benchmark_run_....jsonl" >&2; exit 2; }
-	@$(BIN)/lalm-metrics $(RUN) | $(BIN)/lalm-report
+	@test -n "$(RUN)" || { echo "usage: make report RUN=logs/lalm_benchmark_run_<timestamp>.jsonl" >&2; exit 2; }
+	@$(BIN)/lalm-metrics $(RUN) | $(BIN)/lalm-report $(REPORT_ARGS)
 
 test: server-bin
 	$(BIN)/python -m pytest -q

@@ -132,7 +132,7 @@ class Chat:
         while True:
             attempts += 1
             self.progress.start_turn(n, prompt)
-            att = self.transport.stream(body, self.args.timeout)
+            att = self.transport.stream(body, self.args.timeout, self.progress.on_event)
             if not att.transient or attempts > self.args.retries:
                 break
             wait = att.retry_after_s if att.retry_after_s is not None else 2 ** (attempts - 1)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Sequence
 
 from .reasoning import StreamView
@@ -92,6 +93,18 @@ def prefill_tps(prompt_tokens: int | None, cached: int | None, ttft_s: float | N
     if prompt_tokens is None or not ttft_s:
         return None
     return (prompt_tokens - (cached or 0)) / ttft_s
+
+
+def overflow_prompt_tokens(body: str | None) -> int | None:
+    """The prompt size an overflow error reports: llama.cpp's n_prompt_tokens,
+    vLLM's "(N in the messages", or a "request (N tokens)" message."""
+    if not body:
+        return None
+    m = re.search(r'"n_prompt_tokens"\s*:\s*(\d+)', body) \
+        or re.search(r"(\d+) in the messages", body) \
+        or re.search(r"request \((\d+) tokens\)", body) \
+        or re.search(r"prompt is too long: (\d+) tokens", body)
+    return int(m.group(1)) if m else None
 
 
 def generated_tokens(counts: dict, n_token_chunks: int) -> int:
@@ -194,6 +207,7 @@ def reasoning_summary(rows: list[dict]) -> dict:
     with_r = [r for r in rows if r.get("has_reasoning")]
     ok = [r for r in rows if r["status"] == "ok"]
     return {
+        "by_tier": {t["tier"]: t["reasoning_token_share"] for t in by_tier(rows)},
         "turns_with_reasoning": len(with_r),
         "share": r3(len(with_r) / len(ok)) if ok else None,
         "reasoning_tokens_mean": r3(mean([r["reasoning_tokens"] for r in with_r
@@ -216,3 +230,25 @@ def ceiling(rows: list[dict]) -> dict | None:
         if r["status"] == "ok" and r.get("context_tokens") is not None:
             last_ok = r["context_tokens"]
     return None
+
+
+def by_tier(rows: list[dict]) -> list[dict]:
+    """Per tier, in conversation order: speed and reasoning share."""
+    tiers: dict[str, list[dict]] = {}
+    for r in rows:
+        tiers.setdefault(r.get("tier") or "?", []).append(r)
+    out = []
+    for tier, rs in tiers.items():
+        ok = [r for r in rs if r["status"] == "ok"]
+        reasoning = _total(ok, "reasoning_tokens")
+        completion = _total(ok, "completion_tokens")
+        out.append({
+            "tier": tier, "turns": len(rs), "ok": len(ok),
+            "ttft_mean_s": r6(mean([r["ttft_s"] for r in ok if r.get("ttft_s") is not None])),
+            "decode_tps_mean": r3(mean([r["decode_tps"] for r in ok if r.get("decode_tps")])),
+            "max_context_tokens": max((r["context_tokens"] for r in rs
+                                       if r.get("context_tokens") is not None), default=None),
+            "reasoning_turn_share": r3(sum(1 for r in ok if r.get("has_reasoning")) / len(ok)) if ok else None,
+            "reasoning_token_share": r3(_ratio(reasoning, completion)),
+        })
+    return out

@@ -64,6 +64,8 @@ def _metrics(turn: Turn, view, conv: Conversation, request_tokens: int | None) -
     counts = measure.token_counts(view.usage, _count(view.reasoning), _count(view.content))
     n_gen = measure.generated_tokens(counts, len(view.tokens))
     cached = measure.cached_tokens(view.usage, view.timings)
+    if counts["prompt_tokens"] is None and turn.error:
+        counts["prompt_tokens"] = measure.overflow_prompt_tokens(turn.error.get("body"))
     p, c = counts["prompt_tokens"], counts["completion_tokens"]
     growth = None if conv.prev_request_tokens is None or request_tokens is None \
         else request_tokens - conv.prev_request_tokens

@@ -1,12 +1,19 @@
-"""Tell the user on stderr how a run is going: one line per finished turn."""
+"""Tell the user on stderr how a run is going.
+
+On a terminal: a live counter while a turn streams, then one line per finished
+turn (turn k of N, tier, context, TTFT, decode speed, reasoning) with the time
+left. Notices (retries, the stop) go to stderr in a pipeline too; -q silences all.
+"""
 from __future__ import annotations
 
 import time
 
+from . import measure
+
+REFRESH_NS = 100_000_000   # redraw the live counter at most ten times a second
+
 
 class Progress:
-    """Progress lines on stderr when it is a terminal; notices unless quiet."""
-
     def __init__(self, stderr, quiet: bool, total: int | None = None, prog: str = "lalm-chat"):
         self.stderr = stderr
         self.quiet = quiet
@@ -15,37 +22,64 @@ class Progress:
         self.prog = prog
         self._t_start = time.monotonic()
         self._done = 0
+        self._label = ""
+        self._drawn_ns = 0
+        self.on_event = self._tick if self.live else None
 
     def say(self, message: str) -> None:
         """A notice the user should see even in a pipeline (silenced by -q)."""
         if not self.quiet:
+            self._clear()
             print(f"{self.prog}: {message}", file=self.stderr, flush=True)
 
     def start_turn(self, n: int, prompt) -> None:
         if self.live:
             of = f"/{self.total}" if self.total else ""
-            self.stderr.write(f"\r\x1b[K turn {n}{of} [{prompt.tier}] waiting…")
-            self.stderr.flush()
+            self._label = f"turn {n}{of} [{prompt.tier}]"
+            self._drawn_ns = 0
+            self._write(f"\r\x1b[K{self._label} waiting for the first token…")
+
+    def _tick(self, n_events: int, t_ns: int) -> None:
+        if t_ns - self._drawn_ns >= REFRESH_NS:
+            self._drawn_ns = t_ns
+            self._write(f"\r\x1b[K{self._label} {n_events} chunks, {t_ns / 1e9:.1f} s")
 
     def end_turn(self, record: dict, view) -> None:
         self._done += 1
-        if not self.live:
-            return
-        usage = view.usage or {}
-        ctx = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
-        first = next((c[0] for c in record["chunks"][:0]), None)
-        t_first = view.tokens[0][0] if view.tokens else first
-        elapsed = time.monotonic() - self._t_start
-        left = ""
-        if self.total:
-            per = elapsed / self._done
-            left = f"  ~{_duration(per * (self.total - self._done))} left"
-        status = record["status"] if record["status"] != "ok" else \
-            (f"ttft {t_first:.2f}s" if t_first is not None else "ok")
-        of = f"/{self.total}" if self.total else ""
-        self.stderr.write(f"\r\x1b[K turn {record['turn']}{of} [{record['prompt']['tier']}] "
-                          f"ctx {ctx} tok  {status}  {len(view.tokens)} chunks{left}\n")
+        if self.live:
+            self._write(f"\r\x1b[K{turn_line(record, view, self.total)}{self._left()}\n")
+
+    def _left(self) -> str:
+        if not self.total or self._done >= self.total:
+            return ""
+        per_turn = (time.monotonic() - self._t_start) / self._done
+        return f"  ~{_duration(per_turn * (self.total - self._done))} left"
+
+    def _clear(self) -> None:
+        if self.live:
+            self._write("\r\x1b[K")
+
+    def _write(self, text: str) -> None:
+        self.stderr.write(text)
         self.stderr.flush()
+
+
+def turn_line(record: dict, view, total: int | None) -> str:
+    """One finished turn, in a line."""
+    of = f"/{total}" if total else ""
+    head = f"turn {record['turn']}{of} [{record['prompt']['tier']}]"
+    if record["status"] != "ok":
+        return f"{head} {record['status']}: {(record['error'] or {}).get('kind')}"
+    usage = view.usage or {}
+    ctx = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
+    times = [t for t, _, _ in view.tokens]
+    n = usage.get("completion_tokens") or len(times)
+    tps = measure.decode_tps(n, times[0], times[-1]) if times else None
+    reasoning = sum(1 for _, is_r, _ in view.tokens if is_r)
+    if not times:
+        return f"{head} no tokens"
+    return (f"{head} ctx {ctx or '?'} tok  TTFT {times[0]:.2f} s  {tps or 0:.1f} tok/s"
+            + (f"  reasoning {reasoning} chunks" if reasoning else ""))
 
 
 def _duration(s: float) -> str:

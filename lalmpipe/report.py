@@ -39,8 +39,45 @@ def collect(records) -> list[dict]:
 def analyse(group: dict) -> dict:
     rows = group["rows"]
     return {"run": group["run"], "summary": measure.summarize(rows),
-            "reasoning": measure.reasoning_summary(rows), "ceiling": measure.ceiling(rows),
-            "turns": rows}
+            "reasoning": measure.reasoning_summary(rows), "tiers": measure.by_tier(rows),
+            "ceiling": measure.ceiling(rows), "turns": rows}
+
+
+COMPARE = (("model", lambda r: (r["run"] or {}).get("model")),
+           ("server", lambda r: ((r["run"] or {}).get("server") or {}).get("software")
+            or (r["run"] or {}).get("base_url")),
+           ("turns ok", lambda r: f"{r['summary']['ok']}/{r['summary']['turns']}"),
+           ("TTFT mean s", lambda r: r["summary"]["ttft_mean_s"]),
+           ("TTFT s per 1k tok", lambda r: r["summary"]["ttft_slope_s_per_1k_tokens"]),
+           ("decode start tok/s", lambda r: r["summary"]["decode_tps_start"]),
+           ("decode end/start", lambda r: r["summary"]["decode_ratio_end_to_start"]),
+           ("largest context", lambda r: r["summary"]["max_context_tokens"]),
+           ("ceiling", lambda r: "none" if r["ceiling"] is None else
+            f"{r['ceiling']['reason']} at {_n(r['ceiling']['context_tokens'])} (turn {r['ceiling']['turn']})"))
+
+
+def comparison(reports: list[dict]) -> list[list[str]]:
+    """One row per measure, one column per run."""
+    head = ["run"] + [str((r["run"] or {}).get("run_id", "?")) for r in reports]
+    return [head] + [[label] + [_cell(get(r)) for r in reports] for label, get in COMPARE]
+
+
+def comparison_text(reports: list[dict]) -> str:
+    table = comparison(reports)
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+                     for row in table) + "\n"
+
+
+def comparison_markdown(reports: list[dict]) -> str:
+    table = comparison(reports)
+    out = ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
+    return "\n".join(out + ["| " + " | ".join(row) + " |" for row in table[1:]]) + "\n"
+
+
+TIER_COLUMNS = (("tier", "tier"), ("turns", "turns"), ("ttft_mean_s", "TTFT s"),
+                ("decode_tps_mean", "decode tok/s"), ("max_context_tokens", "context"),
+                ("reasoning_turn_share", "turns reasoning"), ("reasoning_token_share", "reasoning share"))
 
 
 def ceiling_sentence(report: dict) -> str:
@@ -125,12 +162,17 @@ def text(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, plot_path: str | None = None) -> str:
     run = report["run"] or {}
     out = [f"# {run.get('model', '?')}: lalmpipe run {run.get('run_id', '?')}", "",
            f"Server `{run.get('base_url', '?')}`, started {run.get('started_at', '?')}.", "",
            "| | |", "|---|---|"]
     out += [f"| {label} | {sentence} |" for label, sentence in summary_lines(report)]
+    out += ["", "## Tiers", "", "| " + " | ".join(h for _, h in TIER_COLUMNS) + " |",
+            "|" + "---|" * len(TIER_COLUMNS)]
+    out += ["| " + " | ".join(_cell(t[k]) for k, _ in TIER_COLUMNS) + " |" for t in report["tiers"]]
+    if plot_path:
+        out += ["", f"![context growth]({plot_path})"]
     out += ["", "## Turns", "", "| " + " | ".join(HEADINGS[c] for c in COLUMNS) + " |",
             "|" + "---|" * len(COLUMNS)]
     out += ["| " + " | ".join(_row(r)) + " |" for r in report["turns"]]
@@ -155,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_input_args(p)
     p.add_argument("--format", choices=("text", "json", "markdown", "csv"), default="text")
+    p.add_argument("--plot", metavar="FILE", help="also draw the run(s) against context size "
+                   "(.png or .svg; needs matplotlib)")
     add_common_args(p)
     return p
 
@@ -173,19 +217,30 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
         if not reports:
             print(f"{PROG}: error: no runs in the input", file=stderr)
             return ExitCode.ERROR
-        emit(reports, args.format, stdout)
+        if args.plot:
+            from .plot import plot
+            plot(reports, args.plot)
+        emit(reports, args.format, stdout, args.plot)
         return ExitCode.OK
 
     return entry(PROG, body, stdout, stderr, args.debug)
 
 
-def emit(reports: list[dict], fmt: str, stdout) -> None:
+def emit(reports: list[dict], fmt: str, stdout, plot_path: str | None = None) -> None:
+    several = len(reports) > 1
     if fmt == "json":
-        doc = reports[0] if len(reports) == 1 else {"runs": reports}
+        doc = {"runs": reports, "comparison": comparison(reports)} if several else reports[0]
         stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     elif fmt == "csv":
         write_csv(reports, stdout)
+    elif fmt == "markdown":
+        head = ["# Comparison", "", comparison_markdown(reports)] if several else []
+        if several and plot_path:
+            head += [f"![context growth]({plot_path})", ""]
+        stdout.write("\n".join(head + [markdown(r, None if several else plot_path) for r in reports]))
     else:
-        render = markdown if fmt == "markdown" else text
-        stdout.write("\n".join(render(r) for r in reports))
+        parts = [text(r) for r in reports]
+        if several:
+            parts.append("Comparison\n\n" + comparison_text(reports))
+        stdout.write("\n".join(parts))
     stdout.flush()

@@ -66,19 +66,19 @@ class Transport:
     def close(self) -> None:
         self.http.close()
 
-    def stream(self, body: dict, deadline_s: float | None) -> Attempt:
+    def stream(self, body: dict, deadline_s: float | None, on_event=None) -> Attempt:
         """Send one streamed chat request; record every event with its time.
 
         A kept-alive connection that the server closed between requests (llama.cpp
         does so every few requests) fails before any byte comes back: that is the
         connection pool's, not the server's failure, so the request goes again.
         """
-        att = self._stream_once(body, deadline_s)
+        att = self._stream_once(body, deadline_s, on_event)
         if att.error and att.http_status is None and "without sending a response" in att.error["message"]:
-            att = self._stream_once(body, deadline_s)
+            att = self._stream_once(body, deadline_s, on_event)
         return att
 
-    def _stream_once(self, body: dict, deadline_s: float | None) -> Attempt:
+    def _stream_once(self, body: dict, deadline_s: float | None, on_event) -> Attempt:
         openai = self.openai
         att = Attempt()
         extra = {k: v for k, v in body.items() if k not in ("model", "messages")}
@@ -88,7 +88,7 @@ class Transport:
                     model=body["model"], messages=body["messages"],
                     extra_body=extra) as resp:
                 att.http_status = resp.status_code
-                self._read(resp.http_response.iter_raw(), att, deadline_s)
+                self._read(resp.http_response.iter_raw(), att, deadline_s, on_event)
         except KeyboardInterrupt:
             att.interrupted = True
             att.error = {"kind": "interrupted", "message": "interrupted by the user", "body": None}
@@ -107,13 +107,16 @@ class Transport:
             att.error = {"kind": kind, "message": f"{type(e).__name__}: {e}", "body": None}
         return att
 
-    def _read(self, reads, att: Attempt, deadline_s: float | None) -> None:
+    def _read(self, reads, att: Attempt, deadline_s: float | None, on_event) -> None:
+        """The hot loop: time, keep, and nothing else (parsing waits for the end)."""
         t0 = self._sent_ns
         chunks = att.chunks
         limit_ns = None if deadline_s is None else t0 + int(deadline_s * 1e9)
         for t_ns, event, data in timed_events(reads):
             chunks.append([round((t_ns - t0) / 1e9, 6), data] if event == "message"
                           else [round((t_ns - t0) / 1e9, 6), data, event])
+            if on_event is not None:
+                on_event(len(chunks), t_ns - t0)
             if limit_ns is not None and t_ns > limit_ns:
                 raise _StreamTimeout(f"turn took longer than --timeout {deadline_s:g} s")
 

@@ -1,0 +1,90 @@
+"""lalm-report: the degradation summary by hand, plots, comparison, progress lines."""
+import io
+import json
+import os
+
+import pytest
+
+from conftest import prompts_jsonl, run_main
+from lalmpipe import chat, measure, metrics, report
+from regen_golden import FIXTURES
+
+
+def row(turn, ctx, ttft, tps, tier="foundations", reasoning=0, completion=100, status="ok"):
+    return {"kind": "metrics", "v": 1, "run_id": "r", "turn": turn, "tier": tier, "status": status,
+            "context_tokens": ctx, "ttft_s": ttft, "decode_tps": tps, "reasoning_tokens": reasoning,
+            "completion_tokens": completion, "has_reasoning": reasoning > 0, "prompt_tokens": ctx - completion,
+            "truncated": False}
+
+
+ROWS = [row(1, 1000, 0.2, 100.0), row(2, 2000, 0.4, 90.0), row(3, 3000, 0.6, 80.0, "expert", 50),
+        row(4, 4000, 0.8, 44.0, "expert", 20), row(5, 5000, 1.0, 40.0, "expert", 0)]
+
+
+def test_degradation_summary_by_hand():
+    s = measure.summarize(ROWS)
+    assert s["ttft_slope_s_per_1k_tokens"] == pytest.approx(0.2)        # 0.2 s more per 1,000 tokens
+    assert s["decode_tps_start"] == pytest.approx(90.0)                 # mean of the first three
+    assert s["decode_tps_end"] == pytest.approx(164 / 3, abs=1e-3)       # mean of the last three
+    assert s["decode_ratio_end_to_start"] == pytest.approx(164 / 3 / 90, abs=1e-3)
+    assert s["decode_half_speed_at_context_tokens"] == 4000             # 44 < 90 / 2
+    assert (s["turns"], s["ok"], s["max_context_tokens"]) == (5, 5, 5000)
+    tiers = {t["tier"]: t for t in measure.by_tier(ROWS)}
+    assert tiers["foundations"]["reasoning_token_share"] == 0
+    assert tiers["expert"]["reasoning_token_share"] == pytest.approx(70 / 300, abs=1e-3)
+    assert tiers["expert"]["reasoning_turn_share"] == pytest.approx(2 / 3, abs=1e-3)
+    assert tiers["expert"]["ttft_mean_s"] == pytest.approx(0.8)
+    assert measure.reasoning_summary(ROWS)["by_tier"] == {"foundations": 0.0, "expert": 0.233}
+
+
+def metrics_of(name):
+    return run_main(metrics.main, [os.path.join(FIXTURES, name)]).out
+
+
+@pytest.mark.parametrize("ext, magic", [(".png", b"\x89PNG\r\n\x1a\n"), (".svg", b"<?xml")])
+def test_plots_for_one_run_and_for_several(tmp_path, ext, magic):
+    one, two = metrics_of("llama.in.jsonl"), metrics_of("dialects.in.jsonl")
+    for name, stdin in (("one", one), ("two", one + two)):
+        path = tmp_path / f"{name}{ext}"
+        ran = run_main(report.main, ["--plot", str(path), "--format", "markdown"], stdin)
+        assert ran.code == 0, ran.err
+        data = path.read_bytes()
+        assert data.startswith(magic) and len(data) > 20_000
+        assert f"![context growth]({path})" in ran.out
+    assert run_main(report.main, ["--plot", str(tmp_path / "x.jpg")], one).code == 1
+
+
+def test_comparison_of_two_recorded_runs():
+    stdin = metrics_of("llama.in.jsonl") + metrics_of("dialects.in.jsonl")
+    doc = json.loads(run_main(report.main, ["--format", "json"], stdin).out)
+    assert [r["run"]["model"] for r in doc["runs"]] == ["smollm2-135m", "scripted"]
+    table = {row[0]: row[1:] for row in doc["comparison"]}
+    assert table["model"] == ["smollm2-135m", "scripted"]
+    assert table["server"] == ["llama.cpp", doc["runs"][1]["run"]["base_url"]]
+    assert table["turns ok"] == ["3/3", "5/5"]
+    assert table["ceiling"] == ["none", "none"]
+    assert table["TTFT s per 1k tok"] == [report._cell(r["summary"]["ttft_slope_s_per_1k_tokens"])
+                                         for r in doc["runs"]]
+    text = run_main(report.main, [], stdin).out
+    assert "Comparison" in text and "decode end/start" in text
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_live_progress_on_a_terminal_only(api_key):
+    from scripted import ForkedServer, stream
+    with ForkedServer(lambda i, b: stream("reasoning_content", n_reasoning=5, n_content=30,
+                                          ttft_s=0.05, rate_tps=100)[0]) as srv:
+        argv = ["--base-url", srv.base_url, "--model", "m"]
+        tty = Terminal()
+        assert chat.main(argv, io.BytesIO(prompts_jsonl(["a", "b"]).encode()), io.StringIO(), tty) == 0
+        piped = run_main(chat.main, argv, prompts_jsonl(["a", "b"]))
+    lines = [l.split("\x1b[K")[-1] for l in tty.getvalue().split("\n") if l]
+    assert lines[0].startswith("turn 1/2 [foundations] ctx 85 tok  TTFT 0.05 s")
+    assert "tok/s  reasoning 5 chunks  ~0m0" in lines[0] and lines[0].endswith("s left")
+    assert lines[1].startswith("turn 2/2 [foundations] ctx 85 tok")
+    assert "chunks, 0." in tty.getvalue()          # the live counter while streaming
+    assert piped.err == ""                         # nothing on stderr in a pipeline
