@@ -58,6 +58,9 @@ report: install
 	@test -n "$(RUN)" || { echo "usage: make report RUN=logs/lalm_benchmark_run_<timestamp>.jsonl" >&2; exit 2; }
 	@$(BIN)/lalm-metrics $(RUN) | $(BIN)/lalm-report $(REPORT_ARGS)
 
+perf: install
+	$(BIN)/python tests/perf.py
+
 test: server-bin
 	$(BIN)/python -m pytest -q
 

@@ -108,17 +108,24 @@ class Transport:
         return att
 
     def _read(self, reads, att: Attempt, deadline_s: float | None, on_event) -> None:
-        """The hot loop: time, keep, and nothing else (parsing waits for the end)."""
+        """The hot loop: take the time and keep the bytes; everything else waits.
+
+        Times stay integers of nanoseconds here and become seconds once the
+        stream has ended (or broken), so nothing but the clock runs per chunk.
+        """
         t0 = self._sent_ns
-        chunks = att.chunks
+        raw: list = []
         limit_ns = None if deadline_s is None else t0 + int(deadline_s * 1e9)
-        for t_ns, event, data in timed_events(reads):
-            chunks.append([round((t_ns - t0) / 1e9, 6), data] if event == "message"
-                          else [round((t_ns - t0) / 1e9, 6), data, event])
-            if on_event is not None:
-                on_event(len(chunks), t_ns - t0)
-            if limit_ns is not None and t_ns > limit_ns:
-                raise _StreamTimeout(f"turn took longer than --timeout {deadline_s:g} s")
+        try:
+            for item in timed_events(reads):
+                raw.append(item)
+                if on_event is not None:
+                    on_event(len(raw), item[0] - t0)
+                if limit_ns is not None and item[0] > limit_ns:
+                    raise _StreamTimeout(f"turn took longer than --timeout {deadline_s:g} s")
+        finally:
+            att.chunks = [[round((t - t0) / 1e9, 6), data] if event == "message"
+                          else [round((t - t0) / 1e9, 6), data, event] for t, event, data in raw]
 
     def _status_error(self, e, att: Attempt) -> None:
         status = e.status_code
