@@ -31,7 +31,7 @@ from .jsonl import (ExitCode, InputError, RecordWriter, add_common_args, add_inp
                     entry, load_as, parse_args, read_records, streams)
 from .progress import Progress
 from .reasoning import read_stream
-from .records import STATUS_ERROR, STATUS_INTERRUPTED, STATUS_OK, Prompt, Run, Turn
+from .records import STATUS_ERROR, STATUS_INTERRUPTED, STATUS_OK, Probe, Prompt, Run, Turn
 from .serverinfo import Unreachable, preflight
 
 PROG = "lalm-chat"
@@ -57,18 +57,25 @@ def request_params(args) -> dict:
 class Conversation:
     """The messages sent so far, and what a finished turn adds to them."""
 
-    def __init__(self, system: str | None, keep_reasoning: bool):
+    def __init__(self, system: str | None, keep_reasoning: bool, rule: str | None = None):
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
         self.keep_reasoning = keep_reasoning
+        self.rule = rule
+        self.answered: set[int] = set()
+
+    def _user(self, text: str) -> dict:
+        # a standing rule is given once, with the first question
+        first = not any(m["role"] == "user" for m in self.messages)
+        return {"role": "user", "content": f"{self.rule}\n\n{text}" if self.rule and first else text}
 
     def request(self, text: str) -> list[dict]:
-        return self.messages + [{"role": "user", "content": text}]
+        return self.messages + [self._user(text)]
 
-    def add(self, text: str, content: str, reasoning: str) -> None:
+    def add(self, prompt_id: int, text: str, content: str, reasoning: str) -> None:
         answer = f"<think>\n{reasoning}\n</think>\n\n{content}" \
             if self.keep_reasoning and reasoning else content
-        self.messages += [{"role": "user", "content": text},
-                          {"role": "assistant", "content": answer}]
+        self.messages += [self._user(text), {"role": "assistant", "content": answer}]
+        self.answered.add(prompt_id)
 
 
 def turn_outcome(att, window: int | None) -> tuple[str, dict | None, object]:
@@ -104,8 +111,10 @@ def _message(err) -> str:
 class Chat:
     """Run the conversation: one turn per prompt, with retries and the stop policy."""
 
-    def __init__(self, transport, args, run: dict, conversation: Conversation, progress):
+    def __init__(self, transport, args, run: dict, conversation: Conversation, progress,
+                 facts: list[dict] = ()):
         self.transport, self.args, self.run = transport, args, run
+        self.facts = list(facts)
         self.conversation = conversation
         self.progress = progress
         self.window = (run["server"] or {}).get("context_window")
@@ -118,6 +127,8 @@ class Chat:
             yield record
             if status == STATUS_INTERRUPTED:
                 raise KeyboardInterrupt
+            if status == STATUS_OK and self.args.probe_every and n % self.args.probe_every == 0:
+                yield from self.probe_round(n)
             if status != STATUS_OK and self.args.on_error == "stop":
                 self.progress.say(f"stopping at turn {n}: {record['error']['kind']}: "
                                   f"{record['error']['message']} (--on-error continue goes on)")
@@ -140,7 +151,7 @@ class Chat:
             time.sleep(min(wait, 60))
         status, error, view = turn_outcome(att, self.window)
         if status == STATUS_OK:
-            self.conversation.add(prompt.text, view.content, view.reasoning)
+            self.conversation.add(prompt.id, prompt.text, view.content, view.reasoning)
         record = Turn(run_id=self.run["run_id"], turn=n, prompt={"id": prompt.id, "tier": prompt.tier, "text": prompt.text},
                       sent_at=sent_at, status=status, http_status=att.http_status,
                       error=error, attempts=attempts, chunks=att.chunks,
@@ -148,12 +159,33 @@ class Chat:
         self.progress.end_turn(record, view)
         return record, status
 
+    def probe_round(self, after_turn: int) -> Iterator[dict]:
+        """Ask each fact stated so far, each in a request of its own that the
+        conversation never sees (the history and its prefix cache stay as they are)."""
+        for fact in self.facts:
+            if fact["stated_in"] not in self.conversation.answered:
+                continue
+            body = {"model": self.run["model"], **self.params,
+                    "max_tokens": self.args.probe_max_tokens,
+                    "messages": self.conversation.messages + [{"role": "user", "content": fact["question"]}]}
+            sent_at = now_iso()
+            att = self.transport.stream(body, self.args.timeout)
+            status, error, view = turn_outcome(att, self.window)
+            yield Probe(run_id=self.run["run_id"], after_turn=after_turn, fact=fact, sent_at=sent_at,
+                        status=status, http_status=att.http_status, error=error, chunks=att.chunks,
+                        content=view.content).to_dict()
+            if status == STATUS_INTERRUPTED:
+                raise KeyboardInterrupt
 
 
-def new_run(args, model: str | None, server: dict, base_url: str) -> dict:
+
+def new_run(args, model: str | None, server: dict, base_url: str, memory: dict | None) -> dict:
     params = {k: v for k, v in request_params(args).items() if k != "stream"}
     params.update(system=args.system, keep_reasoning=args.keep_reasoning, retries=args.retries,
                   timeout=args.timeout, stall_timeout=args.stall_timeout, on_error=args.on_error)
+    if memory:
+        params.update(probe_every=args.probe_every, probe_max_tokens=args.probe_max_tokens,
+                      rule=memory.get("rule"), facts=[f["id"] for f in memory["facts"]])
     return Run(run_id=uuid.uuid4().hex[:12], started_at=now_iso(),
                tool={"name": "lalmpipe", "version": __version__}, base_url=base_url,
                model=model, params=params, server=server).to_dict()
@@ -198,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retries of refused connections, HTTP 429 and 5xx (default: %(default)s)")
     p.add_argument("--on-error", choices=("stop", "continue"), default="stop",
                    help="after a failed turn: stop (the ceiling is found) or go on")
+    p.add_argument("--probe-every", type=int, metavar="K",
+                   help="every K turns ask each planted fact stated so far, in forked requests "
+                        "kept out of the conversation, and give a standing rule in turn 1")
+    p.add_argument("--facts", metavar="FILE", help="planted facts and the rule "
+                   "(default: prompts/lalm_facts.json)")
+    p.add_argument("--probe-max-tokens", type=int, default=64, metavar="N",
+                   help="max_tokens of a probe (default: %(default)s)")
     p.add_argument("--output", metavar="FILE", help="also append every record to FILE, synced to disk")
     p.add_argument("--resume", action="store_true", help="continue the partial run in --output FILE")
     add_common_args(p)
@@ -231,25 +270,27 @@ def _run(args, stdin, stdout, stderr) -> int:
     from .transport import Transport
 
     prompts = load_prompts(args, stdin)
+    memory = memory_of(args)
     progress = Progress(stderr, args.quiet, total=len(prompts))
     done = previous_run(args.output, progress.say) if args.resume else None
     api_key = os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_KEY
     transport = Transport(args.base_url, api_key, args.stall_timeout)
     with _term_as_interrupt():
-        _converse(args, transport, prompts, done, progress, stdout)
+        _converse(args, transport, prompts, done, memory, progress, stdout)
     return ExitCode.OK
 
 
-def _converse(args, transport, prompts, done, progress, stdout) -> None:
+def _converse(args, transport, prompts, done, memory, progress, stdout) -> None:
     from .resume import open_output
 
     try:
         model, server = preflight(transport, args.model)
         if model is None:
             raise InputError(f"the server at {transport.base_url} lists no model: give --model")
-        run = done.run if done else new_run(args, model, server, transport.base_url)
+        run = done.run if done else new_run(args, model, server, transport.base_url, memory)
         warn_if_too_small(progress, prompts, server.get("context_window"), args.max_tokens)
-        conversation = Conversation(args.system, args.keep_reasoning)
+        rule = ((run["params"] or {}).get("rule") or {}).get("text")
+        conversation = Conversation(args.system, args.keep_reasoning, rule)
         first = 1
         if done:
             prompts, first = done.apply(prompts, conversation, progress)
@@ -259,10 +300,19 @@ def _converse(args, transport, prompts, done, progress, stdout) -> None:
                 out.write(run)
             else:
                 RecordWriter(stdout).write(run)
-            for record in Chat(transport, args, run, conversation, progress).turns(prompts, first):
+            facts = memory["facts"] if memory else ()
+            for record in Chat(transport, args, run, conversation, progress, facts).turns(prompts, first):
                 out.write(record)
     finally:
         transport.close()
+
+
+def memory_of(args) -> dict | None:
+    """The planted facts and the rule, when probes are asked for."""
+    if not args.probe_every:
+        return None
+    from .recall import DEFAULT_FACTS, load_facts
+    return load_facts(args.facts or DEFAULT_FACTS)
 
 
 def warn_if_too_small(progress, prompts, window, max_tokens) -> None:

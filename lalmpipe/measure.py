@@ -252,3 +252,32 @@ def by_tier(rows: list[dict]) -> list[dict]:
             "reasoning_token_share": r3(_ratio(reasoning, completion)),
         })
     return out
+
+
+def memory(rows: list[dict], recalls: list[dict], window: int | None) -> dict | None:
+    """Recall of planted facts, the rule, and degeneration, against context size."""
+    from .recall import effective_context, rounds
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    ruled = [r for r in ok if r.get("rule_kept") is not None]
+    broken = next((r for r in ruled if not r["rule_kept"]), None)
+    repeat = [r["repeat_3gram_ratio"] for r in ok if r.get("repeat_3gram_ratio") is not None]
+    if not recalls and not ruled:
+        return None
+    rs = rounds(recalls)
+    first = rs[0]["recall"] if rs else None
+    return {
+        "rounds": rs, "probes": len(recalls),
+        "recall_mean": r3(mean([r["recall"] for r in rs])),
+        "first_round_recall": first,
+        "effective_context_tokens": effective_context(rs, 0.9) if rs else None,
+        "effective_context_relative_tokens": effective_context(rs, 0.85 * first) if first else None,
+        "advertised_window_tokens": window,
+        "rule_kept_turns": sum(1 for r in ruled if r["rule_kept"]) if ruled else None,
+        "rule_checked_turns": len(ruled) if ruled else None,
+        "rule_first_broken": None if broken is None else
+        {"turn": broken["turn"], "context_tokens": broken.get("context_tokens")},
+        "repeat_3gram_ratio_mean": r3(mean(repeat)),
+        "empty_answers": sum(1 for r in ok if r.get("empty_answer")),
+        "hit_max_tokens": sum(1 for r in ok if r.get("hit_max_tokens")),
+    }

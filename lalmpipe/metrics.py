@@ -4,7 +4,8 @@ Usage:
     lalm-metrics [FILE ...]
 
 Reads the `run` and `turn` records of lalm-chat and writes the `run` record
-followed by one `metrics` record per turn. It uses no clock and no network:
+followed by one `metrics` record per turn (and a scored `recall` record per
+`probe`). It uses no clock and no network:
 the same recording always gives byte-identical output.
 
 Example:
@@ -14,14 +15,15 @@ Example:
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Iterable, Iterator
 
-from . import measure, tokens
+from . import measure, recall, tokens
 from .jsonl import (ExitCode, RecordWriter, add_common_args, add_input_args, entry, load_as,
                     parse_args, read_records, streams)
 from .measure import r3, r6
 from .reasoning import read_stream
-from .records import STATUS_OK, Metrics, Run, Turn
+from .records import STATUS_OK, Metrics, Probe, Recall, Run, Turn
 
 PROG = "lalm-metrics"
 
@@ -33,7 +35,10 @@ class Conversation:
         params = (run or {}).get("params") or {}
         self.keep_reasoning = bool(params.get("keep_reasoning"))
         self.window = ((run or {}).get("server") or {}).get("context_window")
-        self.history_tokens = _count(params.get("system") or "")
+        rule = params.get("rule") or {}
+        self.rule_check = re.compile(rule["check"]) if rule.get("check") else None
+        # the standing rule rides with the first question
+        self.history_tokens = _add(_count(params.get("system") or ""), _count(rule.get("text") or ""))
         self.prev_prompt_tokens: int | None = None
         self.prev_request_tokens: int | None = None
 
@@ -41,6 +46,7 @@ class Conversation:
         request_tokens = _add(self.history_tokens, _count(turn.prompt.get("text", "")))
         view = read_stream(turn.chunks)
         row = _metrics(turn, view, self, request_tokens)
+        row.update(_answer_signals(turn, view, self.rule_check))
         if turn.status == STATUS_OK:
             answer = _count(view.content) if not self.keep_reasoning else \
                 _add(_count(view.content), _count(view.reasoning))
@@ -49,6 +55,29 @@ class Conversation:
                 self.prev_prompt_tokens = row["prompt_tokens"]
                 self.prev_request_tokens = request_tokens
         return row
+
+
+    def score(self, probe: Probe) -> dict:
+        """Score a forked probe: the right number in the answer?"""
+        view = read_stream(probe.chunks)
+        times = measure.timing(view)
+        usage = view.usage or {}
+        ok = probe.status == STATUS_OK
+        return Recall(run_id=probe.run_id, after_turn=probe.after_turn, fact_id=probe.fact.get("id"),
+                      expected=probe.fact.get("answer", ""), answer=view.content,
+                      correct=ok and recall.correct(view.content, probe.fact.get("answer", "")),
+                      status=probe.status,
+                      context_tokens=_add(usage.get("prompt_tokens"), usage.get("completion_tokens")),
+                      ttft_s=r6(times["ttft_s"]), e2e_s=r6(times["e2e_s"])).to_dict()
+
+
+def _answer_signals(turn: Turn, view, rule_check) -> dict:
+    """Signs of degeneration, and whether the standing rule still holds."""
+    ok = turn.status == STATUS_OK
+    return {"repeat_3gram_ratio": recall.repeat_ngram_ratio(view.content) if ok else None,
+            "empty_answer": ok and not view.content,
+            "hit_max_tokens": view.finish_reason == "length",
+            "rule_kept": bool(rule_check.search(view.content)) if ok and rule_check else None}
 
 
 def _count(text: str) -> int | None:
@@ -101,6 +130,8 @@ def derive(records: Iterable[tuple[str, int, dict]]) -> Iterator[dict]:
             yield rec
         elif kind == "turn":
             yield conv.measure(load_as(Turn, source, line, rec))
+        elif kind == "probe":
+            yield conv.score(load_as(Probe, source, line, rec))
         else:
             yield rec
 
@@ -123,8 +154,8 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
 
     def body() -> int:
         out = RecordWriter(stdout)
-        records = read_records(args.inputs, stdin, consumes={"run", "turn"},
-                               passes={"prompt", "probe"},
+        records = read_records(args.inputs, stdin, consumes={"run", "turn", "probe"},
+                               passes={"prompt"},
                                hint={"metrics": "this is already lalm-metrics output"})
         for record in derive(records):
             out.write(record)

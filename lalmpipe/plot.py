@@ -21,7 +21,9 @@ def plot(reports: list[dict], path: str) -> None:
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".png", ".svg"):
         raise ValueError(f"{path}: the plot must be a .png or .svg file")
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    with_memory = any(r.get("memory") for r in reports)
+    fig, axes = plt.subplots(3 if with_memory else 2, 2, figsize=(12, 11 if with_memory else 8),
+                             sharex=True)
     for ax, (key, label) in zip(axes.flat, PANELS):
         if len(reports) == 1:
             _tier_bands(ax, reports[0]["turns"])
@@ -30,7 +32,9 @@ def plot(reports: list[dict], path: str) -> None:
         ax.set_ylabel(label)
         ax.set_ylim(bottom=0, top=None if ax.get_ylim()[1] > 0.06 else 1)
         ax.grid(True, alpha=0.3)
-    for ax in axes[1]:
+    if with_memory:
+        _memory(axes[2], reports)
+    for ax in axes[-1]:
         ax.set_xlabel("context tokens (prompt + completion)")
     if len(reports) > 1 or any(r["ceiling"] for r in reports):
         axes.flat[0].legend(loc="lower right", fontsize="small")
@@ -38,6 +42,30 @@ def plot(reports: list[dict], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110 if ext == ".png" else None)
     plt.close(fig)
+
+
+def _memory(axes, reports) -> None:
+    """Recall of planted facts per probe round, and the standing rule per turn."""
+    recall_ax, rule_ax = axes
+    for rep in reports:
+        m = rep.get("memory") or {}
+        name = str((rep["run"] or {}).get("model", "?"))
+        rounds = [r for r in m.get("rounds") or [] if r["context_tokens"] is not None]
+        recall_ax.plot([r["context_tokens"] for r in rounds], [r["recall"] for r in rounds],
+                       marker="s", markersize=4, linewidth=1.2, label=name)
+        if m.get("effective_context_tokens"):
+            recall_ax.axvline(m["effective_context_tokens"], color="#2e7d32", linestyle=":",
+                              label=f"effective context ({name})")
+        xs, ys = _points(rep["turns"], "rule_kept")
+        rule_ax.step(xs, [1 if y else 0 for y in ys], where="post", label=f"rule kept ({name})")
+        xs, ys = _points(rep["turns"], "repeat_3gram_ratio")
+        rule_ax.plot(xs, ys, linestyle="--", linewidth=1, label=f"repeated 3-grams ({name})")
+    recall_ax.set_ylabel("recall of planted facts")
+    rule_ax.set_ylabel("rule kept (1/0), repeat ratio")
+    for ax in axes:
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower left", fontsize="x-small")
 
 
 def _points(rows, key):

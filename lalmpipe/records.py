@@ -123,9 +123,44 @@ class Metrics(Record):
     conversation_tokens: int | None = None
     truncated: bool = False
     server_timings: dict | None = None
+    repeat_3gram_ratio: float | None = None
+    empty_answer: bool = False
+    hit_max_tokens: bool = False
+    rule_kept: bool | None = None
 
 
-KINDS = {cls.KIND: cls for cls in (Prompt, Run, Turn, Metrics)}
+@dataclass(kw_only=True)
+class Probe(Record):
+    """A forked question about a planted fact, sent after a turn and not kept in the history."""
+    KIND: ClassVar[str] = "probe"
+    run_id: str
+    after_turn: int
+    fact: dict                       # {id, question, answer, stated_in}
+    sent_at: str
+    status: str
+    http_status: int | None = None
+    error: dict | None = None
+    chunks: list = field(default_factory=list)
+    content: str = ""
+
+
+@dataclass(kw_only=True)
+class Recall(Record):
+    """A probe scored by lalm-metrics."""
+    KIND: ClassVar[str] = "recall"
+    run_id: str
+    after_turn: int
+    fact_id: str
+    expected: str
+    answer: str
+    correct: bool
+    status: str = STATUS_OK
+    context_tokens: int | None = None
+    ttft_s: float | None = None
+    e2e_s: float | None = None
+
+
+KINDS = {cls.KIND: cls for cls in (Prompt, Run, Turn, Metrics, Probe, Recall)}
 
 
 def check_version(d: dict) -> None:

@@ -30,17 +30,20 @@ def collect(records) -> list[dict]:
     runs: dict[str, dict] = {}
     for _source, _line, rec in records:
         if rec["kind"] == "run":
-            runs.setdefault(rec["run_id"], {"run": rec, "rows": []})["run"] = rec
-        elif rec["kind"] == "metrics":
-            runs.setdefault(rec["run_id"], {"run": None, "rows": []})["rows"].append(rec)
+            runs.setdefault(rec["run_id"], {"run": rec, "rows": [], "recalls": []})["run"] = rec
+        elif rec["kind"] in ("metrics", "recall"):
+            group = runs.setdefault(rec["run_id"], {"run": None, "rows": [], "recalls": []})
+            group["rows" if rec["kind"] == "metrics" else "recalls"].append(rec)
     return list(runs.values())
 
 
 def analyse(group: dict) -> dict:
     rows = group["rows"]
+    window = (((group["run"] or {}).get("server")) or {}).get("context_window")
     return {"run": group["run"], "summary": measure.summarize(rows),
             "reasoning": measure.reasoning_summary(rows), "tiers": measure.by_tier(rows),
-            "ceiling": measure.ceiling(rows), "turns": rows}
+            "ceiling": measure.ceiling(rows),
+            "memory": measure.memory(rows, group["recalls"], window), "turns": rows}
 
 
 COMPARE = (("model", lambda r: (r["run"] or {}).get("model")),
@@ -52,6 +55,7 @@ COMPARE = (("model", lambda r: (r["run"] or {}).get("model")),
            ("decode start tok/s", lambda r: r["summary"]["decode_tps_start"]),
            ("decode end/start", lambda r: r["summary"]["decode_ratio_end_to_start"]),
            ("largest context", lambda r: r["summary"]["max_context_tokens"]),
+           ("effective context", lambda r: (r["memory"] or {}).get("effective_context_tokens")),
            ("ceiling", lambda r: "none" if r["ceiling"] is None else
             f"{r['ceiling']['reason']} at {_n(r['ceiling']['context_tokens'])} (turn {r['ceiling']['turn']})"))
 
@@ -147,7 +151,34 @@ def summary_lines(report: dict) -> list[tuple[str, str]]:
                            + (f", {s['interrupted']} interrupted" if s["interrupted"] else "")
                            + f"; largest context {_n(s['max_context_tokens'])} tokens"))
     lines.append(("Ceiling", ceiling_sentence(report)))
+    lines += memory_lines(report["memory"])
     return lines
+
+
+def memory_lines(m: dict | None) -> list[tuple[str, str]]:
+    if not m:
+        return []
+    out = []
+    if m["rounds"]:
+        window = f"; the server advertises {_n(m['advertised_window_tokens'])}" \
+            if m["advertised_window_tokens"] else ""
+        eff = m["effective_context_tokens"]
+        rel = m["effective_context_relative_tokens"]
+        out.append(("Recall", f"{m['probes']} probes in {len(m['rounds'])} rounds, mean "
+                              f"{m['recall_mean']:.0%}, first round {m['first_round_recall']:.0%}; "
+                              + (f"effective context {eff:,} tokens (recall >= 90%)" if eff
+                                 else "recall never reached 90%")
+                              + (f", {rel:,} (>= 85% of the first round)" if rel else "")
+                              + window))
+    if m["rule_checked_turns"]:
+        broke = m["rule_first_broken"]
+        out.append(("Rule", f"kept in {m['rule_kept_turns']} of {m['rule_checked_turns']} turns"
+                            + (f"; first broken at turn {broke['turn']} "
+                               f"({_n(broke['context_tokens'])} tokens)" if broke else "")))
+    out.append(("Degeneration", f"repeated 3-grams {_cell(m['repeat_3gram_ratio_mean'])} on average; "
+                                f"{m['empty_answers']} empty answers; "
+                                f"{m['hit_max_tokens']} answers cut by max_tokens"))
+    return out
 
 
 def text(report: dict) -> str:
@@ -210,9 +241,10 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
         return args
 
     def body() -> int:
-        records = read_records(args.inputs, stdin, consumes={"run", "metrics"},
-                               passes={"prompt", "probe"},
-                               hint={"turn": "pipe the recording through lalm-metrics first"})
+        records = read_records(args.inputs, stdin, consumes={"run", "metrics", "recall"},
+                               passes={"prompt"},
+                               hint={"turn": "pipe the recording through lalm-metrics first",
+                                     "probe": "pipe the recording through lalm-metrics first"})
         reports = [analyse(g) for g in collect(records)]
         if not reports:
             print(f"{PROG}: error: no runs in the input", file=stderr)

@@ -33,7 +33,7 @@ class PreviousRun:
         answered = set()
         for t in self.turns:
             if t.status == STATUS_OK:
-                conversation.add(t.prompt["text"], t.content, t.reasoning)
+                conversation.add(t.prompt["id"], t.prompt["text"], t.content, t.reasoning)
                 answered.add(t.prompt["id"])
         numbers = [t.turn for t in self.turns if t.status != STATUS_INTERRUPTED]
         first = max(numbers, default=0) + 1
@@ -49,7 +49,9 @@ def previous_run(path: str, say) -> PreviousRun | None:
         return None
     _drop_partial_line(path, say)
     run, turns = None, []
-    for source, line, rec in read_records([path], None, consumes={"run", "turn"}, passes=set()):
+    for source, line, rec in read_records([path], None, consumes={"run", "turn"}, passes={"probe"}):
+        if rec["kind"] == "probe":
+            continue
         if rec["kind"] == "run":
             if run is not None and rec["run_id"] != run["run_id"]:
                 raise InputError(f"{source}:{line}: a second run in one --output file")

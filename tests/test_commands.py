@@ -112,10 +112,10 @@ def test_unknown_fields_and_other_kinds_pass_through():
     src = open(os.path.join(FIXTURES, "llama.in.jsonl")).read().splitlines()
     run_rec = json.loads(src[0])
     run_rec["note"] = {"by": "user script"}
-    probe = {"kind": "probe", "v": 1, "anything": 1}
-    stdin = json.dumps(run_rec) + "\n" + json.dumps(probe) + "\n" + src[1] + "\n"
+    other = {"kind": "prompt", "v": 1, "id": 1, "tier": "expert", "text": "x", "mine": [1]}
+    stdin = json.dumps(run_rec) + "\n" + json.dumps(other) + "\n" + src[1] + "\n"
     recs = run_main(metrics.main, [], stdin).records
-    assert recs[0]["note"] == {"by": "user script"} and recs[1] == probe
+    assert recs[0]["note"] == {"by": "user script"} and recs[1] == other
 
 
 def test_a_missing_file_is_named():
@@ -133,7 +133,7 @@ def test_subprocess_pipeline_and_head_end_quietly():
                        capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
-    assert set(doc) == {"run", "summary", "reasoning", "tiers", "ceiling", "turns"}
+    assert set(doc) == {"run", "summary", "reasoning", "tiers", "ceiling", "memory", "turns"}
     assert doc["summary"]["turns"] == 3 and doc["ceiling"] is None
     p = subprocess.run(f"lalm-metrics {fixture} | head -c 10", shell=True, capture_output=True, env=env)
     assert p.returncode == 0 and p.stderr == b""
