@@ -12,7 +12,7 @@ import enum
 import json
 import os
 import sys
-from typing import Callable, Iterable, Iterator, TextIO
+from typing import Callable, Iterator, TextIO
 
 import jsonlines
 
@@ -28,6 +28,10 @@ class ExitCode(enum.IntEnum):
 
 class InputError(Exception):
     """Bad input: the message already names the source and line."""
+
+
+class UsageError(Exception):
+    """Options that do not go together: exit 2, like argparse."""
 
 
 def add_input_args(parser: argparse.ArgumentParser) -> None:
@@ -140,6 +144,9 @@ def entry(prog: str, body: Callable[[], int], stdout: TextIO, stderr: TextIO,
         _flush_quietly(stdout)
         print(f"{prog}: error: {e}", file=stderr)
         return ExitCode.ERROR
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=stderr)
+        return ExitCode.USAGE
     except KeyboardInterrupt:
         _flush_quietly(stdout)
         print(f"{prog}: interrupted", file=stderr)
@@ -188,5 +195,19 @@ def parse_args(parser: argparse.ArgumentParser, argv, stdout, stderr) -> argpars
             return int(e.code or 0)
 
 
-def streams(stdin, stdout, stderr):
-    return stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
+def new_parser(prog: str, description: str, examples: list[str]) -> argparse.ArgumentParser:
+    """A parser whose --help ends with real example pipelines."""
+    return argparse.ArgumentParser(
+        prog=prog, description=description,
+        epilog="example:\n" + "\n".join(f"  {e}" for e in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def run_command(prog: str, parser: argparse.ArgumentParser, argv, stdin, stdout, stderr,
+                work: Callable) -> int:
+    """Parse argv, then run work(args, stdin, stdout, stderr) with the shared manners."""
+    stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
+    args = parse_args(parser, argv, stdout, stderr)
+    if isinstance(args, int):
+        return args
+    return entry(prog, lambda: work(args, stdin, stdout, stderr), stdout, stderr, args.debug)

@@ -19,8 +19,8 @@ import re
 from typing import Iterable, Iterator
 
 from . import measure, recall, tokens
-from .jsonl import (ExitCode, RecordWriter, add_common_args, add_input_args, entry, load_as,
-                    parse_args, read_records, streams)
+from .jsonl import (ExitCode, RecordWriter, add_common_args, add_input_args, load_as, new_parser,
+                    read_records, run_command)
 from .measure import r3, r6
 from .reasoning import read_stream
 from .records import STATUS_OK, Metrics, Probe, Recall, Run, Turn
@@ -137,28 +137,23 @@ def derive(records: Iterable[tuple[str, int, dict]]) -> Iterator[dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-        epilog="example:\n  lalm-prompts --num-rounds 5 | lalm-chat | lalm-metrics | lalm-report",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(PROG, "Derive per-turn metrics from a lalm-chat recording: pure, "
+                        "deterministic, offline.",
+                        ["lalm-prompts --num-rounds 5 | lalm-chat | lalm-metrics | lalm-report",
+                         "lalm-metrics logs/run.jsonl | lalm-report --format json"])
     add_input_args(parser)
     add_common_args(parser)
     return parser
 
 
+def work(args, stdin, stdout, stderr) -> int:
+    out = RecordWriter(stdout)
+    records = read_records(args.inputs, stdin, consumes={"run", "turn", "probe"}, passes={"prompt"},
+                           hint={"metrics": "this is already lalm-metrics output"})
+    for record in derive(records):
+        out.write(record)
+    return ExitCode.OK
+
+
 def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
-    stdin, stdout, stderr = streams(stdin, stdout, stderr)
-    args = parse_args(build_parser(), argv, stdout, stderr)
-    if isinstance(args, int):
-        return args
-
-    def body() -> int:
-        out = RecordWriter(stdout)
-        records = read_records(args.inputs, stdin, consumes={"run", "turn", "probe"},
-                               passes={"prompt"},
-                               hint={"metrics": "this is already lalm-metrics output"})
-        for record in derive(records):
-            out.write(record)
-        return ExitCode.OK
-
-    return entry(PROG, body, stdout, stderr, args.debug)
+    return run_command(PROG, build_parser(), argv, stdin, stdout, stderr, work)

@@ -17,7 +17,7 @@ import json
 import os
 from typing import Iterator
 
-from .jsonl import ExitCode, InputError, RecordWriter, add_common_args, entry, parse_args, streams
+from .jsonl import ExitCode, InputError, RecordWriter, add_common_args, new_parser, run_command
 from .records import TIERS, Prompt
 
 PROG = "lalm-prompts"
@@ -110,11 +110,9 @@ def select(prompts: list[Prompt], tiers=None, ids=None, num_rounds=None) -> list
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG, description="Emit the benchmark's prompts as JSON Lines `prompt` records.",
-        epilog="examples:\n  lalm-prompts --tier expert | lalm-chat | lalm-metrics | lalm-report\n"
-               "  lalm-prompts --ids 1-10,95 --num-rounds 5",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(PROG, "Emit the benchmark's prompts as JSON Lines `prompt` records.",
+                   ["lalm-prompts --tier expert | lalm-chat | lalm-metrics | lalm-report",
+                    "lalm-prompts --ids 1-10,95 --num-rounds 5"])
     p.add_argument("--file", default=DEFAULT_FILE, help="prompt file (default: the bundled 231)")
     p.add_argument("--tier", action="append", choices=TIERS, help="only this tier (repeatable)")
     p.add_argument("--ids", type=parse_ids, help="only these ids, e.g. 41-80,95")
@@ -123,16 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def work(args, stdin, stdout, stderr) -> int:
+    out = RecordWriter(stdout)
+    for prompt in select(load(args.file), args.tier, args.ids, args.num_rounds):
+        out.write(prompt.to_dict())
+    return ExitCode.OK
+
+
 def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
-    stdin, stdout, stderr = streams(stdin, stdout, stderr)
-    args = parse_args(build_parser(), argv, stdout, stderr)
-    if isinstance(args, int):
-        return args
-
-    def body() -> int:
-        out = RecordWriter(stdout)
-        for prompt in select(load(args.file), args.tier, args.ids, args.num_rounds):
-            out.write(prompt.to_dict())
-        return ExitCode.OK
-
-    return entry(PROG, body, stdout, stderr, args.debug)
+    return run_command(PROG, build_parser(), argv, stdin, stdout, stderr, work)

@@ -21,14 +21,13 @@ import json
 import signal
 import socket
 import struct
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .jsonl import (ExitCode, InputError, add_common_args, entry, load_as, parse_args,
-                    read_records, streams)
+from .jsonl import (ExitCode, InputError, UsageError, add_common_args, load_as, new_parser,
+                    read_records, run_command)
 from .records import Turn
 from .sse import encode_event
 
@@ -211,8 +210,9 @@ class Replayer:
             return Script(status=410, body=json.dumps(msg).encode())
         turn = self.turns[index]
         users = [m for m in body.get("messages") or [] if m.get("role") == "user"]
-        sent = users[-1].get("content") if users else None
-        if sent != turn.prompt.get("text"):
+        sent = users[-1].get("content") if users else ""
+        # a standing rule may ride in front of the first prompt
+        if not str(sent).endswith(turn.prompt.get("text") or "\0"):
             print(f"{PROG}: request {index + 1}: last user message is not the recorded "
                   f"prompt {turn.prompt.get('id')} (replaying turn {turn.turn} anyway)",
                   file=self.stderr, flush=True)
@@ -233,12 +233,10 @@ def load_turns(inputs, stdin) -> tuple[list[Turn], str | None]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG, description="Serve a lalm-chat recording back as an OpenAI-compatible server.",
-        epilog="example:\n  lalm-replay examples/smollm2.jsonl --port 8800 &\n"
-               "  lalm-prompts --num-rounds 6 | lalm-chat --base-url http://127.0.0.1:8800/v1 "
-               "| lalm-metrics | lalm-report",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(PROG, "Serve a lalm-chat recording back as an OpenAI-compatible server.",
+                   ["lalm-replay docs/examples/smollm2.jsonl --port 8800 &",
+                    "lalm-prompts --num-rounds 8 | lalm-chat --base-url http://127.0.0.1:8800/v1 "
+                    "| lalm-metrics | lalm-report"])
     p.add_argument("inputs", nargs="+", metavar="RECORDING", help="lalm-chat output (JSON Lines)")
     p.add_argument("--host", default="127.0.0.1", help="default: %(default)s (loopback only)")
     p.add_argument("--port", type=int, default=8800, help="default: %(default)s (0: any free port)")
@@ -248,29 +246,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
-    stdin, stdout, stderr = streams(stdin, stdout, stderr)
-    args = parse_args(build_parser(), argv, stdout, stderr)
-    if isinstance(args, int):
-        return args
+def work(args, stdin, stdout, stderr) -> int:
     if args.speed < 0:
-        print(f"{PROG}: error: --speed must be 0 or more", file=stderr)
-        return ExitCode.USAGE
+        raise UsageError("--speed must be 0 or more")
+    turns, model = load_turns(args.inputs, stdin)
+    server = ScriptedServer(Replayer(turns, stderr), host=args.host, port=args.port,
+                            speed=args.speed, models=[model or "replay"])
+    _stop_on_term(server)
+    print(f"{PROG}: replaying {len(turns)} turns at {server.base_url} "
+          f"(speed {args.speed:g}); Ctrl-C stops", file=stderr, flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+    return ExitCode.OK
 
-    def body() -> int:
-        turns, model = load_turns(args.inputs, stdin)
-        server = ScriptedServer(Replayer(turns, stderr), host=args.host, port=args.port,
-                                speed=args.speed, models=[model or "replay"])
-        _stop_on_term(server)
-        print(f"{PROG}: replaying {len(turns)} turns at {server.base_url} "
-              f"(speed {args.speed:g}); Ctrl-C stops", file=stderr, flush=True)
-        try:
-            server.serve_forever(poll_interval=0.2)
-        finally:
-            server.server_close()
-        return ExitCode.OK
 
-    return entry(PROG, body, stdout, stderr, args.debug)
+def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
+    return run_command(PROG, build_parser(), argv, stdin, stdout, stderr, work)
 
 
 def _stop_on_term(server) -> None:

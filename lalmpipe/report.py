@@ -17,7 +17,8 @@ import csv
 import json
 
 from . import measure
-from .jsonl import ExitCode, add_common_args, add_input_args, entry, parse_args, read_records, streams
+from .jsonl import (ExitCode, InputError, add_common_args, add_input_args, new_parser, read_records,
+                    run_command)
 from .records import Metrics
 
 PROG = "lalm-report"
@@ -220,12 +221,11 @@ def write_csv(reports: list[dict], stream) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG, description="Summarise runs: speed against context size, reasoning, "
-        "and the context ceiling.",
-        epilog="example:\n  lalm-prompts --num-rounds 8 | lalm-chat | lalm-metrics | lalm-report\n"
-               "  lalm-metrics logs/run.jsonl | lalm-report --format json",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(PROG, "Summarise runs: speed against context size, reasoning, memory, "
+                   "and the context ceiling; several runs are compared side by side.",
+                   ["lalm-prompts --num-rounds 8 | lalm-chat | lalm-metrics | lalm-report",
+                    "lalm-metrics logs/run.jsonl | lalm-report --format markdown --plot run.png",
+                    "lalm-report run_a.metrics.jsonl run_b.metrics.jsonl   # comparison"])
     add_input_args(p)
     p.add_argument("--format", choices=("text", "json", "markdown", "csv"), default="text")
     p.add_argument("--plot", metavar="FILE", help="also draw the run(s) against context size "
@@ -234,28 +234,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def work(args, stdin, stdout, stderr) -> int:
+    hint = "pipe the recording through lalm-metrics first"
+    records = read_records(args.inputs, stdin, consumes={"run", "metrics", "recall"},
+                           passes={"prompt"}, hint={"turn": hint, "probe": hint})
+    reports = [analyse(g) for g in collect(records)]
+    if not any(r["turns"] for r in reports):
+        raise InputError(f"{', '.join(args.inputs) or 'stdin'}: no metrics records to report")
+    if args.plot:
+        from .plot import plot
+        plot(reports, args.plot)
+    emit(reports, args.format, stdout, args.plot)
+    return ExitCode.OK
+
+
 def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
-    stdin, stdout, stderr = streams(stdin, stdout, stderr)
-    args = parse_args(build_parser(), argv, stdout, stderr)
-    if isinstance(args, int):
-        return args
-
-    def body() -> int:
-        records = read_records(args.inputs, stdin, consumes={"run", "metrics", "recall"},
-                               passes={"prompt"},
-                               hint={"turn": "pipe the recording through lalm-metrics first",
-                                     "probe": "pipe the recording through lalm-metrics first"})
-        reports = [analyse(g) for g in collect(records)]
-        if not reports:
-            print(f"{PROG}: error: no runs in the input", file=stderr)
-            return ExitCode.ERROR
-        if args.plot:
-            from .plot import plot
-            plot(reports, args.plot)
-        emit(reports, args.format, stdout, args.plot)
-        return ExitCode.OK
-
-    return entry(PROG, body, stdout, stderr, args.debug)
+    return run_command(PROG, build_parser(), argv, stdin, stdout, stderr, work)
 
 
 def emit(reports: list[dict], fmt: str, stdout, plot_path: str | None = None) -> None:

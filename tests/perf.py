@@ -6,11 +6,9 @@ Prints a table of figures; it asserts nothing (goals are in docs/PERFORMANCE.md)
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys

@@ -8,7 +8,6 @@ import pytest
 
 from conftest import prompts_jsonl, run_main
 from lalmpipe import chat, metrics, report
-from lalmpipe.localserver import free_port
 from lalmpipe.replay import Script
 from scripted import ForkedServer, sse, stream
 

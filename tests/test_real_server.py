@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import prompts_jsonl, run_main
+from conftest import run_main
 from lalmpipe import chat, metrics, report
 from lalmpipe.localserver import LocalServer
 
