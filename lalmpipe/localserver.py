@@ -208,13 +208,21 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
+    """Run a command beside a server that is stopped however the command ends."""
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupted)
     with LocalServer(ctx=args.ctx, port=args.port) as srv:
         say(f"llama-server ({ALIAS}) at {srv.base_url}")
         env = dict(os.environ, OPENAI_BASE_URL=srv.base_url)
+        child = subprocess.Popen(cmd, env=env)
         try:
-            return subprocess.call(cmd, env=env)
+            return child.wait()
         except KeyboardInterrupt:
+            child.terminate()
+            child.wait()
             return 130
 
 

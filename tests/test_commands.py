@@ -136,3 +136,19 @@ def test_subprocess_pipeline_and_head_end_quietly():
     assert doc["summary"]["turns"] == 3 and doc["ceiling"] is None
     p = subprocess.run(f"lalm-metrics {fixture} | head -c 10", shell=True, capture_output=True, env=env)
     assert p.returncode == 0 and p.stderr == b""
+
+
+def test_without_an_encoding_the_server_counts_remain(monkeypatch, capsys):
+    from lalmpipe import tokens
+    monkeypatch.setattr(tokens, "ENCODING_NAMES", ("no_such_encoding",))
+    tokens.encoder.cache_clear()
+    try:
+        ran = run_main(metrics.main, [os.path.join(FIXTURES, "llama.in.jsonl")])
+    finally:
+        tokens.encoder.cache_clear()
+    assert ran.code == 0
+    assert capsys.readouterr().err.count("no cl100k_base encoding could be loaded") == 1
+    rows = ran.records[1:]
+    assert [r["completion_tokens"] for r in rows] == [24, 24, 24]
+    assert all(r["prompt_tokens"] and r["content_tokens"] is None and r["tokens_source"] is None
+               for r in rows)
