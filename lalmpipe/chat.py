@@ -24,7 +24,7 @@ import uuid
 
 from . import __version__
 from .jsonl import (ExitCode, InputError, RecordWriter, UsageError, add_common_args, add_input_args,
-                    load_as, new_parser, read_records, run_command)
+                    load_as, new_parser, positive_int, read_records, run_command)
 from .conversation import Chat, Conversation, now_iso, request_params
 from .progress import Progress
 from .records import Prompt, Run
@@ -47,14 +47,36 @@ def new_run(args, model: str | None, server: dict, base_url: str, memory: dict |
                model=model, params=params, server=server).to_dict()
 
 
-def load_prompts(args, stdin) -> list[Prompt]:
-    prompts = []
-    for source, line, rec in read_records(args.inputs, stdin, consumes={"prompt"}, passes=set(),
+def load_prompts(args, stdin) -> tuple[list[Prompt], list[dict]]:
+    """The prompts to send, and records of other kinds to pass through."""
+    prompts, others = [], []
+    for source, line, rec in read_records(args.inputs, stdin, consumes={"prompt"},
                                           hint={"turn": "lalm-chat reads prompts; see lalm-replay"}):
-        prompts.append(load_as(Prompt, source, line, rec))
+        if rec["kind"] == "prompt":
+            prompts.append(load_as(Prompt, source, line, rec))
+        else:
+            others.append(rec)
     if args.num_rounds is not None:
         prompts = prompts[:args.num_rounds]
-    return prompts
+    return prompts, others
+
+
+# what a resumed run takes from its run record rather than from the flags given now
+RECORDED = ("temperature", "max_tokens", "system", "keep_reasoning", "probe_every",
+            "probe_max_tokens")
+NOT_SENT = {"stream_options", "system", "keep_reasoning", "retries", "timeout", "stall_timeout",
+            "on_error", "probe_every", "probe_max_tokens", "rule", "facts", "temperature",
+            "max_tokens", "reasoning_effort"}
+
+
+def resumed_args(args, params: dict) -> argparse.Namespace:
+    """Send the rest of a resumed run as its first part was sent."""
+    resumed = argparse.Namespace(**vars(args))
+    for name in RECORDED:
+        setattr(resumed, name, params.get(name))
+    resumed.reasoning_effort = params.get("reasoning_effort") or ""
+    resumed.extra_body = {k: v for k, v in params.items() if k not in NOT_SENT}
+    return resumed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="server URL (default: $OPENAI_BASE_URL or %(default)s)")
     p.add_argument("--model", help="model name (default: the first the server lists)")
     p.add_argument("--temperature", type=float, default=0.7, help="default: %(default)s")
-    p.add_argument("--max-tokens", type=int, default=32768, help="default: %(default)s")
+    p.add_argument("--max-tokens", type=positive_int, default=32768, help="default: %(default)s")
     p.add_argument("--reasoning-effort", default="low",
                    help="sent as reasoning_effort (default: low; '' sends none)")
     p.add_argument("--system", help="a system message at the start of the conversation")
@@ -80,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='more request fields, e.g. \'{"reasoning_format": "none"}\'')
     p.add_argument("--keep-reasoning", action="store_true",
                    help="append the reasoning to the history too (default: the answer only)")
-    p.add_argument("--num-rounds", type=int, metavar="N", help="only the first N prompts")
+    p.add_argument("--num-rounds", type=positive_int, metavar="N", help="only the first N prompts")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="bound on a whole turn")
     p.add_argument("--stall-timeout", type=float, default=300.0, metavar="S",
                    help="end a turn after S seconds with no bytes (default: %(default)s)")
@@ -88,12 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retries of refused connections, HTTP 429 and 5xx (default: %(default)s)")
     p.add_argument("--on-error", choices=("stop", "continue"), default="stop",
                    help="after a failed turn: stop (the ceiling is found) or go on")
-    p.add_argument("--probe-every", type=int, metavar="K",
+    p.add_argument("--probe-every", type=positive_int, metavar="K",
                    help="every K turns ask each planted fact stated so far, in forked requests "
                         "kept out of the conversation, and give a standing rule in turn 1")
     p.add_argument("--facts", metavar="FILE", help="planted facts and the rule "
                    "(default: prompts/lalm_facts.json)")
-    p.add_argument("--probe-max-tokens", type=int, default=64, metavar="N",
+    p.add_argument("--probe-max-tokens", type=positive_int, default=64, metavar="N",
                    help="max_tokens of a probe (default: %(default)s)")
     p.add_argument("--output", metavar="FILE", help="also append every record to FILE, synced to disk")
     p.add_argument("--resume", action="store_true", help="continue the partial run in --output FILE")
@@ -117,47 +139,47 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
 
 def _run(args, stdin, stdout, stderr) -> int:
     from .resume import previous_run
+    from .transport import Transport
 
     if args.resume and not args.output:
         raise UsageError("--resume needs --output FILE")
-    from .transport import Transport
-
-    prompts = load_prompts(args, stdin)
-    memory = memory_of(args)
+    prompts, others = load_prompts(args, stdin)
     progress = Progress(stderr, args.quiet, total=len(prompts))
     done = previous_run(args.output, progress.say) if args.resume else None
+    if done:
+        args = resumed_args(args, done.run.get("params") or {})
+    memory = memory_of(args)
     api_key = os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_KEY
     transport = Transport(args.base_url, api_key, args.stall_timeout)
-    with _term_as_interrupt():
-        _converse(args, transport, prompts, done, memory, progress, stdout)
+    try:
+        with _term_as_interrupt():
+            model, server = preflight(transport, args.model)
+            if model is None:
+                raise InputError(f"the server at {transport.base_url} lists no model: give --model")
+            run = done.run if done else new_run(args, model, server, transport.base_url, memory)
+            warn_if_too_small(progress, prompts, server.get("context_window"), args.max_tokens)
+            _converse(args, transport, run, prompts, others, done, memory, progress, stdout)
+    finally:
+        transport.close()
     return ExitCode.OK
 
 
-def _converse(args, transport, prompts, done, memory, progress, stdout) -> None:
+def _converse(args, transport, run, prompts, others, done, memory, progress, stdout) -> None:
     from .resume import open_output
 
-    try:
-        model, server = preflight(transport, args.model)
-        if model is None:
-            raise InputError(f"the server at {transport.base_url} lists no model: give --model")
-        run = done.run if done else new_run(args, model, server, transport.base_url, memory)
-        warn_if_too_small(progress, prompts, server.get("context_window"), args.max_tokens)
-        rule = ((run["params"] or {}).get("rule") or {}).get("text")
-        conversation = Conversation(args.system, args.keep_reasoning, rule)
-        first = 1
-        if done:
-            prompts, first = done.apply(prompts, conversation, progress)
-        with open_output(args.output, args.resume) as also:
-            out = RecordWriter(stdout, also)
-            if not done:
-                out.write(run)
-            else:
-                RecordWriter(stdout).write(run)
-            facts = memory["facts"] if memory else ()
-            for record in Chat(transport, args, run, conversation, progress, facts).turns(prompts, first):
-                out.write(record)
-    finally:
-        transport.close()
+    rule = ((run["params"] or {}).get("rule") or {}).get("text")
+    conversation = Conversation(args.system, args.keep_reasoning, rule)
+    first = 1
+    if done:
+        prompts, first = done.apply(prompts, conversation, progress)
+    with open_output(args.output, args.resume) as also:
+        out = RecordWriter(stdout, also, on_broken=progress.say)
+        out.write(run, to_file=not done)
+        for record in others:
+            out.write(record)
+        facts = memory["facts"] if memory else ()
+        for record in Chat(transport, args, run, conversation, progress, facts).turns(prompts, first):
+            out.write(record)
 
 
 def memory_of(args) -> dict | None:

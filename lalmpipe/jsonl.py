@@ -65,12 +65,13 @@ def iter_lines_records(name: str, fp) -> Iterator[tuple[str, int, dict]]:
         yield name, lineno, obj
 
 
-def read_records(inputs: list[str], stdin, consumes: set[str], passes: set[str],
-                 hint: dict[str, str] | None = None) -> Iterator[tuple[str, int, dict]]:
+def read_records(inputs: list[str], stdin, consumes: set[str], passes: set[str] = frozenset(),
+                 hint: dict[str, str] | None = None, opener=None) -> Iterator[tuple[str, int, dict]]:
     """Yield checked records from files or stdin.
 
-    A record whose kind is in `consumes` or `passes` is yielded; any other
-    input is an InputError naming source and line. `hint` adds advice per kind.
+    Records of the kinds in `consumes`, and of kinds lalmpipe does not know
+    (to be passed through), are yielded; a lalmpipe kind this stage has no use
+    for is an InputError naming source and line, with `hint` as advice.
     """
     count = 0
     for name in inputs or ["-"]:
@@ -80,7 +81,7 @@ def read_records(inputs: list[str], stdin, consumes: set[str], passes: set[str],
                 yield item
             continue
         try:
-            fp = open(name, "rb")
+            fp = (opener or _open_binary)(name)
         except OSError as e:
             raise InputError(f"{name}: {e.strerror}") from None
         with fp:
@@ -90,6 +91,10 @@ def read_records(inputs: list[str], stdin, consumes: set[str], passes: set[str],
     if count == 0:
         where = "stdin" if not inputs or inputs == ["-"] else ", ".join(inputs)
         raise InputError(f"{where}:1: empty input: no records")
+
+
+def _open_binary(name: str):
+    return open(name, "rb")
 
 
 def load_as(cls, source: str, line: int, rec: dict):
@@ -106,7 +111,7 @@ def _checked(name, fp, consumes, passes, hint) -> Iterator[tuple[str, int, dict]
         kind = obj.get("kind") if isinstance(obj, dict) else None
         if kind is None:
             raise InputError(f"{where}: not a lalmpipe record (no 'kind')")
-        if kind not in consumes and kind not in passes:
+        if kind in KINDS and kind not in consumes and kind not in passes:
             expected = " or ".join(sorted(consumes))
             extra = (hint or {}).get(kind, "")
             raise InputError(f"{where}: unexpected {kind!r} record, expected {expected}"
@@ -120,19 +125,45 @@ def _checked(name, fp, consumes, passes, hint) -> Iterator[tuple[str, int, dict]
 
 
 class RecordWriter:
-    """Write records one compact JSON object a line, flushed after each."""
+    """Write records one compact JSON object a line, flushed after each.
 
-    def __init__(self, stream: TextIO, also: TextIO | None = None):
-        self._writers = [jsonlines.Writer(stream, compact=True, flush=True)]
-        self._fsync = also
-        if also is not None:
-            self._writers.append(jsonlines.Writer(also, compact=True, flush=True))
+    With a file beside stdout, each record reaches the file (synced to disk)
+    first; if stdout's reader goes away, the run goes on into the file.
+    """
 
-    def write(self, record: dict) -> None:
-        for w in self._writers:
-            w.write(record)
-        if self._fsync is not None:
-            os.fsync(self._fsync.fileno())
+    def __init__(self, stream: TextIO, also: TextIO | None = None, on_broken=None):
+        self._stream = stream
+        self._out = jsonlines.Writer(stream, compact=True, flush=True)
+        self._file = also
+        self._to_file = jsonlines.Writer(also, compact=True, flush=True) if also else None
+        self._on_broken = on_broken
+
+    def write(self, record: dict, to_file: bool = True) -> None:
+        if self._to_file is not None and to_file:
+            self._to_file.write(record)
+            os.fsync(self._file.fileno())
+        if self._out is None:
+            return
+        try:
+            self._out.write(record)
+        except BrokenPipeError:
+            if self._to_file is None:
+                raise
+            _silence(self._stream)
+            self._out = None
+            if self._on_broken:
+                self._on_broken(f"stdout was closed; the run goes on into {self._file.name}")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of 1 or more."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return n
 
 
 def entry(prog: str, body: Callable[[], int], stdout: TextIO, stderr: TextIO,

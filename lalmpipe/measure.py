@@ -151,7 +151,9 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
 
 # ---- per-run aggregation (lalm-report) ----
 
-CEILING_EXCLUDED = {"interrupted"}
+# what counts as the context breaking (DESIGN: overflow, truncation, a stall);
+# an empty 200 is how llama-cpp-python answers an over-long prompt
+CEILING_KINDS = {"context_overflow", "timeout", "empty"}
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -204,8 +206,8 @@ def degradation(ok: list[dict]) -> dict:
 
 
 def reasoning_summary(rows: list[dict]) -> dict:
-    with_r = [r for r in rows if r.get("has_reasoning")]
     ok = [r for r in rows if r["status"] == "ok"]
+    with_r = [r for r in ok if r.get("has_reasoning")]
     return {
         "by_tier": {t["tier"]: t["reasoning_token_share"] for t in by_tier(rows)},
         "turns_with_reasoning": len(with_r),
@@ -218,10 +220,14 @@ def reasoning_summary(rows: list[dict]) -> dict:
 
 
 def ceiling(rows: list[dict]) -> dict | None:
-    """The first turn where the context broke: an error or a silent truncation."""
+    """The first turn where the context broke: an overflow, a stall, a silent truncation.
+
+    Other failures (a refused connection, an HTTP 500) say nothing about the
+    context and are counted in the summary, not here.
+    """
     last_ok = None
     for r in rows:
-        failed = r["status"] == "error" and r.get("error_kind") not in CEILING_EXCLUDED
+        failed = r["status"] == "error" and r.get("error_kind") in CEILING_KINDS
         if failed or r.get("truncated"):
             ctx = r.get("context_tokens") or r.get("prompt_tokens") or r.get("conversation_tokens")
             return {"turn": r["turn"], "context_tokens": ctx,

@@ -19,8 +19,8 @@ import re
 from typing import Iterable, Iterator
 
 from . import measure, recall, tokens
-from .jsonl import (ExitCode, RecordWriter, add_common_args, add_input_args, load_as, new_parser,
-                    read_records, run_command)
+from .jsonl import (ExitCode, InputError, RecordWriter, add_common_args, add_input_args, load_as,
+                    new_parser, read_records, run_command)
 from .measure import r3, r6
 from .reasoning import read_stream
 from .records import STATUS_OK, Metrics, Probe, Recall, Run, Turn
@@ -36,7 +36,10 @@ class Conversation:
         self.keep_reasoning = bool(params.get("keep_reasoning"))
         self.window = ((run or {}).get("server") or {}).get("context_window")
         rule = params.get("rule") or {}
-        self.rule_check = re.compile(rule["check"]) if rule.get("check") else None
+        try:
+            self.rule_check = re.compile(rule["check"]) if rule.get("check") else None
+        except (re.error, TypeError) as e:
+            raise ValueError(f"run record: params.rule.check is not a regular expression ({e})") from None
         # the standing rule rides with the first question
         self.history_tokens = _add(_count(params.get("system") or ""), _count(rule.get("text") or ""))
         self.prev_prompt_tokens: int | None = None
@@ -126,7 +129,10 @@ def derive(records: Iterable[tuple[str, int, dict]]) -> Iterator[dict]:
         kind = rec["kind"]
         if kind == "run":
             load_as(Run, source, line, rec)
-            conv = Conversation(rec)
+            try:
+                conv = Conversation(rec)
+            except (ValueError, AttributeError, TypeError) as e:
+                raise InputError(f"{source}:{line}: {e}") from None
             yield rec
         elif kind == "turn":
             yield conv.measure(load_as(Turn, source, line, rec))

@@ -17,7 +17,8 @@ import json
 import os
 from typing import Iterator
 
-from .jsonl import ExitCode, InputError, RecordWriter, add_common_args, new_parser, run_command
+from .jsonl import (ExitCode, InputError, RecordWriter, add_common_args, new_parser, positive_int,
+                    run_command)
 from .records import TIERS, Prompt
 
 PROG = "lalm-prompts"
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", default=DEFAULT_FILE, help="prompt file (default: the bundled 231)")
     p.add_argument("--tier", action="append", choices=TIERS, help="only this tier (repeatable)")
     p.add_argument("--ids", type=parse_ids, help="only these ids, e.g. 41-80,95")
-    p.add_argument("--num-rounds", type=int, metavar="N", help="only the first N selected")
+    p.add_argument("--num-rounds", type=positive_int, metavar="N", help="only the first N selected")
     add_common_args(p)
     return p
 

@@ -95,49 +95,86 @@ def read_stream(chunks: list) -> StreamView:
             continue
         if isinstance(obj, dict):
             payloads.append((chunk[0], obj, chunk[2] if len(chunk) > 2 else "message"))
-    splitter = ThinkSplitter(in_think=_starts_in_think(payloads))
-    reasoning, content = [], []
+    reader = _Reader(view, _starts_in_think(payloads))
     for t, obj, event in payloads:
-        _read_payload(view, t, obj, event, splitter, reasoning, content)
-    r, c = splitter.flush()
-    reasoning.append(r)
-    content.append(c)
-    view.reasoning = "".join(reasoning).strip()
-    view.content = "".join(content).strip()
+        reader.payload(t, obj, event)
+    reader.finish()
     return view
 
 
-def _read_payload(view, t, obj, event, splitter, reasoning, content) -> None:
-    if "error" in obj or event == "error":
-        view.error = obj.get("error", obj)
-    if obj.get("usage"):
-        view.usage = obj["usage"]
-    if obj.get("timings"):
-        view.timings = obj["timings"]
-    for choice in obj.get("choices") or ():
-        if choice.get("finish_reason"):
-            view.finish_reason = choice["finish_reason"]
-        delta = choice.get("delta") or {}
-        r_text = "".join(delta.get(f) or "" for f in REASONING_FIELDS)
-        raw = delta.get("content") or ""
-        if not r_text and not raw:
-            continue
+class _Reader:
+    """Fold payloads into a StreamView, one token chunk at a time."""
+
+    def __init__(self, view: StreamView, in_think: bool):
+        self.view = view
+        self.splitter = ThinkSplitter(in_think)
+        self.reasoning: list[str] = []
+        self.content: list[str] = []
+        self.pending: int | None = None   # a chunk that may be the first letters of <think>
+
+    def payload(self, t: float, obj: dict, event: str) -> None:
+        view = self.view
+        if "error" in obj or event == "error":
+            view.error = obj.get("error", obj)
+        if isinstance(obj.get("usage"), dict) and obj["usage"]:
+            view.usage = obj["usage"]
+        if isinstance(obj.get("timings"), dict) and obj["timings"]:
+            view.timings = obj["timings"]
+        for choice in _choices(obj):
+            if isinstance(choice.get("finish_reason"), str):
+                view.finish_reason = choice["finish_reason"]
+            r_text, raw = _delta_texts(choice)
+            if r_text or raw:
+                self.token(t, r_text, raw)
+
+    def token(self, t: float, r_text: str, raw: str) -> None:
+        splitter = self.splitter
         tags_before = splitter.tags
         r_split, c_text = splitter.feed(raw) if raw else ("", "")
-        reasoning.append(r_text + r_split)
-        content.append(c_text)
-        # a chunk that is only a tag (or a tag's first letters) belongs to reasoning
-        is_reasoning = bool(r_text or r_split) or (
-            not c_text and (splitter.in_think or splitter.holding or splitter.tags != tags_before))
-        view.tokens.append((t, is_reasoning, c_text))
+        self.reasoning.append(r_text + r_split)
+        self.content.append(c_text)
+        opened = splitter.tags != tags_before
+        if self.pending is not None:
+            # the held letters did open a <think> block, or were just text
+            t0, _, c0 = self.view.tokens[self.pending]
+            self.view.tokens[self.pending] = (t0, opened, c0)   # outside a block, a tag opens one
+            self.pending = None
+        # a chunk that is only a tag belongs to the reasoning it opens or closes
+        is_reasoning = bool(r_text or r_split) or (not c_text and (splitter.in_think or opened))
+        if not is_reasoning and not c_text and splitter.holding:
+            self.pending = len(self.view.tokens)
+        self.view.tokens.append((t, is_reasoning, c_text))
+
+    def finish(self) -> None:
+        r, c = self.splitter.flush()
+        self.view.reasoning = ("".join(self.reasoning) + r).strip()
+        self.view.content = ("".join(self.content) + c).strip()
+
+
+def _choices(obj: dict) -> list[dict]:
+    choices = obj.get("choices")
+    return [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
+
+
+def _text(value) -> str:
+    """Text of a delta field: a string, or a list of content parts."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "".join(p["text"] for p in value if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def _delta_texts(choice: dict) -> tuple[str, str]:
+    """(reasoning, content) of one delta; a server that fills both reasoning
+    fields with the same text is counted once."""
+    delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+    reasoning = next((t for t in (_text(delta.get(f)) for f in REASONING_FIELDS) if t), "")
+    return reasoning, _text(delta.get("content"))
 
 
 def _starts_in_think(payloads) -> bool:
     """Tell if inline reasoning opens without <think> (the template added it)."""
-    text = []
-    for _, obj, _ in payloads:
-        for choice in obj.get("choices") or ():
-            text.append((choice.get("delta") or {}).get("content") or "")
-    joined = "".join(text)
+    joined = "".join(_delta_texts(choice)[1] for _, obj, _ in payloads for choice in _choices(obj))
     close = joined.find(CLOSE)
     return close >= 0 and joined.find(OPEN, 0, close) < 0

@@ -6,7 +6,8 @@ kept in ``extra`` and written back untouched.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
+from functools import lru_cache
 from typing import Any, ClassVar
 
 SCHEMA_VERSION = 1
@@ -30,14 +31,27 @@ class Record:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Record":
+        """Build a record, checking that each known field has its type."""
         check_version(d)
-        names = cls._names()
-        missing = [n for n in names if n not in d and n in cls._required()]
+        types = _field_types(cls)
+        missing = [n for n, (_, required) in types.items() if required and n not in d]
         if missing:
             raise RecordError(f"{cls.KIND} record without {', '.join(missing)}")
-        known = {n: d[n] for n in names if n in d}
-        extra = {k: v for k, v in d.items() if k not in names and k not in ("kind", "v")}
-        return cls(**known, extra=extra)
+        known = {}
+        for n, (allowed, _) in types.items():
+            if n in d:
+                v = d[n]
+                if not isinstance(v, allowed) or (isinstance(v, bool) and bool not in allowed):
+                    raise RecordError(f"{cls.KIND} record: {n} is {_json_type(v)}, not "
+                                      f"{' or '.join(_json_type(t()) for t in allowed)}")
+                known[n] = v
+        extra = {k: v for k, v in d.items() if k not in types and k not in ("kind", "v")}
+        record = cls(**known, extra=extra)
+        record.check()
+        return record
+
+    def check(self) -> None:
+        """Check what a field's type alone cannot say."""
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"kind": self.KIND, "v": SCHEMA_VERSION}
@@ -48,13 +62,35 @@ class Record:
 
     @classmethod
     def _names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls) if f.name != "extra")
+        return tuple(_field_types(cls))
 
-    @classmethod
-    def _required(cls) -> set[str]:
-        from dataclasses import MISSING
-        return {f.name for f in fields(cls)
-                if f.default is MISSING and f.default_factory is MISSING}
+
+TYPE_NAMES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
+              "dict": (dict,), "list": (list,), "None": (type(None),)}
+
+
+@lru_cache(maxsize=None)
+def _field_types(cls) -> dict[str, tuple[tuple[type, ...], bool]]:
+    """Field name -> (allowed Python types, required), read from the annotations."""
+    out = {}
+    for f in fields(cls):
+        if f.name == "extra":
+            continue
+        allowed = tuple(t for part in str(f.type).split("|") for t in TYPE_NAMES[part.strip()])
+        out[f.name] = (allowed, f.default is MISSING and f.default_factory is MISSING)
+    return out
+
+
+def _json_type(v) -> str:
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+            dict: "an object", list: "a list", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def _check_chunks(kind: str, chunks: list) -> None:
+    for i, c in enumerate(chunks):
+        if not (isinstance(c, list) and 2 <= len(c) <= 3 and isinstance(c[0], (int, float))
+                and all(isinstance(x, str) for x in c[1:])):
+            raise RecordError(f"{kind} record: chunk {i + 1} is not [t_s, data] or [t_s, data, event]")
 
 
 @dataclass(kw_only=True)
@@ -91,6 +127,9 @@ class Turn(Record):
     chunks: list = field(default_factory=list)
     content: str = ""
     reasoning: str = ""
+
+    def check(self) -> None:
+        _check_chunks(self.KIND, self.chunks)
 
 
 @dataclass(kw_only=True)
@@ -142,6 +181,9 @@ class Probe(Record):
     error: dict | None = None
     chunks: list = field(default_factory=list)
     content: str = ""
+
+    def check(self) -> None:
+        _check_chunks(self.KIND, self.chunks)
 
 
 @dataclass(kw_only=True)

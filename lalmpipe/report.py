@@ -17,9 +17,9 @@ import csv
 import json
 
 from . import measure
-from .jsonl import (ExitCode, InputError, add_common_args, add_input_args, new_parser, read_records,
-                    run_command)
-from .records import Metrics
+from .jsonl import (ExitCode, InputError, add_common_args, add_input_args, load_as, new_parser,
+                    read_records, run_command)
+from .records import Metrics, Recall, Run
 
 PROG = "lalm-report"
 COLUMNS = ("turn", "tier", "status", "context_tokens", "ttft_s", "prefill_tps", "decode_tps",
@@ -27,15 +27,20 @@ COLUMNS = ("turn", "tier", "status", "context_tokens", "ttft_s", "prefill_tps", 
 
 
 def collect(records) -> list[dict]:
-    """Group records into runs: [{run, rows}] in the order they appear."""
+    """Group records into runs: [{run, rows, recalls}] in the order they appear."""
     runs: dict[str, dict] = {}
-    for _source, _line, rec in records:
+    for source, line, rec in records:
+        if rec["kind"] in KINDS_READ:
+            load_as(KINDS_READ[rec["kind"]], source, line, rec)
         if rec["kind"] == "run":
             runs.setdefault(rec["run_id"], {"run": rec, "rows": [], "recalls": []})["run"] = rec
         elif rec["kind"] in ("metrics", "recall"):
             group = runs.setdefault(rec["run_id"], {"run": None, "rows": [], "recalls": []})
             group["rows" if rec["kind"] == "metrics" else "recalls"].append(rec)
     return list(runs.values())
+
+
+KINDS_READ = {"run": Run, "metrics": Metrics, "recall": Recall}
 
 
 def analyse(group: dict) -> dict:
@@ -88,8 +93,10 @@ TIER_COLUMNS = (("tier", "tier"), ("turns", "turns"), ("ttft_mean_s", "TTFT s"),
 def ceiling_sentence(report: dict) -> str:
     c, s = report["ceiling"], report["summary"]
     if c is None:
-        return (f"No ceiling found: all {s['turns']} turns succeeded; the largest context "
-                f"was {_n(s['max_context_tokens'])} tokens.")
+        failed = s["turns"] - s["ok"]
+        return (f"No ceiling found in {s['turns']} turns"
+                + (f" ({failed} failed for reasons other than the context)" if failed else "")
+                + f"; the largest context was {_n(s['max_context_tokens'])} tokens.")
     what = {"truncation": "the server silently truncated the conversation",
             "context_overflow": "the request overflowed the context window",
             "timeout": "the server stalled (timeout)"}.get(c["reason"], f"the turn failed ({c['reason']})")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
 
 from .jsonl import InputError, load_as, read_records
@@ -44,30 +46,54 @@ class PreviousRun:
 
 
 def previous_run(path: str, say) -> PreviousRun | None:
-    """Read a partial run; drop a half-written last line left by a kill."""
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
+    """Read a partial run, check all of it, and only then mend its end.
+
+    A kill in the middle of a write leaves a last line without its newline:
+    it is dropped if it is not a whole record, and completed if it is.
+    """
+    try:
+        with open(path, "rb") as fp:
+            data = fp.read()
+    except FileNotFoundError:
         return None
-    _drop_partial_line(path, say)
+    except OSError as e:
+        raise InputError(f"{path}: {e.strerror}") from None
+    if not data:
+        return None
+    cut = data.rfind(b"\n") + 1
+    tail = data[cut:]
+    whole_tail = bool(tail.strip()) and _is_record(tail)
+    keep = data if whole_tail else data[:cut]
+    run, turns = _read(path, keep)
+    if tail and not whole_tail:
+        with open(path, "rb+") as fp:
+            fp.truncate(cut)
+        say(f"{path}: dropped a half-written last line ({len(tail)} bytes)")
+    elif whole_tail:
+        with open(path, "ab") as fp:
+            fp.write(b"\n")
+    return PreviousRun(run, turns)
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def _read(path: str, data: bytes) -> tuple[dict, list[Turn]]:
     run, turns = None, []
-    for source, line, rec in read_records([path], None, consumes={"run", "turn"}, passes={"probe"}):
-        if rec["kind"] == "probe":
-            continue
+    for source, line, rec in read_records([path], None, consumes={"run", "turn", "probe"},
+                                          opener=lambda _: io.BytesIO(data)):
         if rec["kind"] == "run":
             if run is not None and rec["run_id"] != run["run_id"]:
                 raise InputError(f"{source}:{line}: a second run in one --output file")
             run = rec
-        else:
+        elif rec["kind"] == "turn":
+            if run is None:
+                raise InputError(f"{source}:{line}: a turn before the run record")
             turns.append(load_as(Turn, source, line, rec))
     if run is None:
         raise InputError(f"{path}:1: no run record to resume")
-    return PreviousRun(run, turns)
-
-
-def _drop_partial_line(path: str, say) -> None:
-    with open(path, "rb+") as fp:
-        data = fp.read()
-        if data.endswith(b"\n"):
-            return
-        cut = data.rfind(b"\n") + 1
-        fp.truncate(cut)
-    say(f"{path}: dropped a half-written last line ({len(data) - cut} bytes)")
+    return run, turns

@@ -52,8 +52,11 @@ class Transport:
         import openai
 
         self._sent_ns = 0
+        self.stall_timeout_s = stall_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        # identity: the bytes recorded are the bytes the server streamed, never gzip
         self.http = openai.DefaultHttpxClient(
-            event_hooks={"request": [self._on_request]},
+            event_hooks={"request": [self._on_request]}, headers={"Accept-Encoding": "identity"},
             timeout=openai.Timeout(stall_timeout_s, connect=connect_timeout_s))
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0,
                                     http_client=self.http)
@@ -82,11 +85,13 @@ class Transport:
         openai = self.openai
         att = Attempt()
         extra = {k: v for k, v in body.items() if k not in ("model", "messages")}
+        # with --timeout, no single wait (for headers or the next bytes) outlasts it either
+        wait_s = self.stall_timeout_s if deadline_s is None else min(self.stall_timeout_s, deadline_s)
         self._sent_ns = time.perf_counter_ns()
         try:
             with self.client.chat.completions.with_streaming_response.create(
-                    model=body["model"], messages=body["messages"],
-                    extra_body=extra) as resp:
+                    model=body["model"], messages=body["messages"], extra_body=extra,
+                    timeout=openai.Timeout(wait_s, connect=min(self.connect_timeout_s, wait_s))) as resp:
                 att.http_status = resp.status_code
                 self._read(resp.http_response.iter_raw(), att, deadline_s, on_event)
         except KeyboardInterrupt:
@@ -94,8 +99,8 @@ class Transport:
             att.error = {"kind": "interrupted", "message": "interrupted by the user", "body": None}
         except openai.APIStatusError as e:
             self._status_error(e, att)
-        except openai.APITimeoutError as e:
-            att.error = {"kind": "timeout", "message": f"no bytes for the stall timeout ({e})", "body": None}
+        except openai.APITimeoutError:
+            att.error = {"kind": "timeout", "message": f"no answer within {wait_s:g} s", "body": None}
         except openai.APIConnectionError as e:
             cause = e.__cause__ or e
             att.error = {"kind": "connection", "message": f"{type(cause).__name__}: {cause}", "body": None}
@@ -103,8 +108,10 @@ class Transport:
         except _StreamTimeout as e:
             att.error = {"kind": "timeout", "message": str(e), "body": None}
         except Exception as e:  # noqa: BLE001 - a broken stream is data, not a crash
-            kind = "timeout" if "timeout" in type(e).__name__.lower() else "stream"
-            att.error = {"kind": kind, "message": f"{type(e).__name__}: {e}", "body": None}
+            if "timeout" in type(e).__name__.lower():
+                att.error = {"kind": "timeout", "message": f"no bytes for {wait_s:g} s", "body": None}
+            else:
+                att.error = {"kind": "stream", "message": f"{type(e).__name__}: {e}", "body": None}
         return att
 
     def _read(self, reads, att: Attempt, deadline_s: float | None, on_event) -> None:

@@ -152,3 +152,45 @@ def test_without_an_encoding_the_server_counts_remain(monkeypatch, capsys):
     assert [r["completion_tokens"] for r in rows] == [24, 24, 24]
     assert all(r["prompt_tokens"] and r["content_tokens"] is None and r["tokens_source"] is None
                for r in rows)
+
+
+@pytest.mark.parametrize("command, stdin, message", [
+    ("metrics", RUN + '{"kind":"turn","v":1,"run_id":"r","turn":1,"prompt":{},"sent_at":"t",'
+                      '"status":"ok","chunks":[[0.1]]}\n', "stdin:2: turn record: chunk 1 is not [t_s, data]"),
+    ("metrics", RUN + '{"kind":"turn","v":1,"run_id":"r","turn":1,"prompt":"x","sent_at":"t","status":"ok"}\n',
+     "stdin:2: turn record: prompt is a string, not an object"),
+    ("metrics", RUN.replace('"model":"m"', '"model":"m","params":{"rule":{"check":"(("}}'),
+     "stdin:1: run record: params.rule.check is not a regular expression"),
+    ("report", RUN + '{"kind":"metrics","v":1,"run_id":"r","turn":1,"ttft_s":"fast"}\n',
+     "stdin:2: metrics record: ttft_s is a string, not an integer or a number or null"),
+    ("report", RUN + '{"kind":"metrics","v":1,"turn":1}\n', "stdin:2: metrics record without run_id"),
+])
+def test_wrongly_typed_fields_name_source_and_line(command, stdin, message):
+    ran = run_main({"metrics": metrics, "report": report}[command].main, [], stdin)
+    assert ran.code == 1 and ran.err.startswith(f"lalm-{command}: error: {message}"), ran.err
+    assert ran.err.count("\n") == 1
+
+
+def test_records_of_kinds_lalmpipe_does_not_know_pass_through():
+    note = {"kind": "note", "by": "a user's script"}
+    src = open(os.path.join(FIXTURES, "llama.in.jsonl")).read()
+    recs = run_main(metrics.main, [], json.dumps(note) + "\n" + src).records
+    assert recs[0] == note and recs[1]["kind"] == "run"
+
+
+def test_counts_must_be_positive():
+    for argv in (["--num-rounds", "-1"], ["--num-rounds", "0"], ["--num-rounds", "x"]):
+        ran = run_main(prompts.main, argv)
+        assert ran.code == 2 and "is not a whole number of 1 or more" in ran.err
+
+
+def test_a_closed_pipe_ends_metrics_quietly(tmp_path):
+    env = dict(os.environ, PATH=os.path.join(ROOT, "bin") + os.pathsep + os.environ["PATH"])
+    fixture = os.path.join(FIXTURES, "llama.in.jsonl")
+    big = tmp_path / "big.jsonl"
+    big.write_text(open(fixture).read() * 40)         # far more output than a pipe buffer holds
+    p = subprocess.run(f"lalm-metrics {big} | head -c 10", shell=True, capture_output=True, env=env)
+    assert p.returncode == 0 and p.stderr == b"" and len(p.stdout) == 10
+    p = subprocess.run(f"set -o pipefail; lalm-metrics {big} | head -c 10", shell=True,
+                       capture_output=True, env=env, executable="/bin/bash")
+    assert p.returncode == 0

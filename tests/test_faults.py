@@ -191,3 +191,29 @@ def test_warns_when_the_conversation_will_not_fit(api_key):
     props = {"/props": {"default_generation_settings": {"n_ctx": 300}}}
     ran, _, _ = converse([ok()], 1, "--max-tokens", "512", extra_get=props)
     assert "the context window is 300 tokens" in ran.err and "expect the context to overflow" in ran.err
+
+
+def test_timeout_bounds_the_wait_for_a_first_token(api_key):
+    late = sse((3.0, json.dumps({"choices": [{"index": 0, "delta": {"content": "late"}}]})), (3.1, "[DONE]"))
+    t0 = time.monotonic()
+    _, turns, _ = converse([late], 1, "--timeout", "0.5")
+    assert time.monotonic() - t0 < 2.5
+    assert turns[0]["error"]["kind"] == "timeout" and turns[0]["chunks"] == []
+
+
+def test_odd_chunks_are_data_not_a_crash(api_key):
+    odd = sse((0.01, json.dumps({"choices": [{"index": 0, "delta": {"content": [{"type": "text", "text": "Hi"}]}}]})),
+              (0.02, json.dumps({"choices": ["x"]})),
+              (0.03, json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})),
+              (0.04, "[DONE]"))
+    ran, turns, reqs = converse([odd], 1)
+    assert ran.code == 0 and turns[0]["status"] == "ok" and turns[0]["content"] == "Hi"
+    assert reqs[0]["headers"]["accept-encoding"] == "identity"    # bytes as streamed, never gzip
+
+
+def test_lalm_chat_passes_other_records_through(api_key):
+    note = json.dumps({"kind": "note", "text": "from a user's script"})
+    with ForkedServer(lambda i, b: ok()) as srv:
+        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q"],
+                       note + "\n" + prompts_jsonl(["a"]))
+    assert [r["kind"] for r in ran.records] == ["run", "note", "turn"]

@@ -139,3 +139,48 @@ def test_sse_times_an_event_when_its_line_arrives():
     assert list(timed_events(reads, clock=clock)) == [(10, "message", "a"), (30, "message", "b"),
                                                      (40, "error", "c")]
     assert list(timed_events([b"data: x\r\n\r\n"], clock=lambda: 1)) == [(1, "message", "x")]
+
+
+def test_odd_chunk_shapes_do_not_break_the_reading():
+    parts = read_stream(_chunks({"content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}]},
+                                {"content": 7}) + [[0.9, '{"choices": ["x"], "usage": "n/a"}']])
+    assert parts.content == "Hello" and len(parts.tokens) == 1 and parts.usage is None
+
+
+def test_a_server_that_mirrors_reasoning_in_both_fields_is_counted_once():
+    v = read_stream(_chunks({"reasoning_content": "Let", "reasoning": "Let"},
+                            {"reasoning_content": " me", "reasoning": " me"}, {"content": "Ok"}))
+    assert v.reasoning == "Let me"
+
+
+def test_a_lone_angle_bracket_in_the_answer_is_not_reasoning():
+    v = read_stream(_chunks({"content": "vector"}, {"content": "<"}, {"content": "float> x"}))
+    assert v.content == "vector<float> x" and v.reasoning == ""
+    assert [r for _, r, _ in v.tokens] == [False, False, False]
+    opened = read_stream(_chunks({"content": "<"}, {"content": "think>hm</think>"}, {"content": "A"}))
+    assert [r for _, r, _ in opened.tokens] == [True, True, False] and opened.reasoning == "hm"
+
+
+def test_the_ceiling_is_the_context_breaking_not_any_failure():
+    rows = [{"turn": 1, "status": "ok", "context_tokens": 900},
+            {"turn": 2, "status": "error", "error_kind": "connection"},
+            {"turn": 3, "status": "ok", "context_tokens": 1900},
+            {"turn": 4, "status": "error", "error_kind": "http"},
+            {"turn": 5, "status": "error", "error_kind": "context_overflow", "prompt_tokens": 2100}]
+    assert measure.ceiling(rows) == {"turn": 5, "context_tokens": 2100, "reason": "context_overflow",
+                                     "last_ok_context_tokens": 1900}
+    assert measure.ceiling(rows[:4]) is None
+
+
+def test_reasoning_share_counts_answered_turns_only():
+    rows = [{"status": "ok", "has_reasoning": True, "reasoning_tokens": 4, "reasoning_s": 0.1},
+            {"status": "error", "has_reasoning": True}, {"status": "ok", "has_reasoning": False}]
+    s = measure.reasoning_summary(rows)
+    assert (s["turns_with_reasoning"], s["share"]) == (1, 0.5)
+
+
+def test_overflow_bodies_give_the_prompt_size():
+    assert measure.overflow_prompt_tokens('{"error":{"n_prompt_tokens":909,"n_ctx":512}}') == 909
+    assert measure.overflow_prompt_tokens("However, you requested 5000 tokens (4000 in the messages, "
+                                          "1000 in the completion).") == 4000
+    assert measure.overflow_prompt_tokens("no numbers here") is None

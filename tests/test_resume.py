@@ -113,3 +113,53 @@ def test_resume_drops_a_half_written_line_and_refuses_to_overwrite(tmp_path, api
     assert resumed.code == 0, resumed.err
     assert "dropped a half-written last line" in resumed.err
     check_complete(out, requests)
+
+
+def test_output_keeps_every_turn_when_stdout_closes(tmp_path):
+    out = tmp_path / "run.jsonl"
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(prompts_jsonl(PROMPTS))
+    with ForkedServer(lambda i, b: stream("plain", n_content=400, ttft_s=0.01, rate_tps=20000)[0]) as srv:
+        p = subprocess.run(f"{sys.executable} {ROOT}/bin/lalm-chat --base-url {srv.base_url} --model m "
+                           f"--output {out} {prompts} | head -c 100", shell=True, capture_output=True,
+                           text=True, timeout=60)
+    assert p.returncode == 0
+    assert "stdout was closed; the run goes on into" in p.stderr
+    ok = [r for r in lines(out) if r["kind"] == "turn" and r["status"] == "ok"]
+    assert len(ok) == len(PROMPTS)
+
+
+def test_resume_keeps_a_whole_last_line_and_never_touches_a_file_it_cannot_read(tmp_path, api_key):
+    out = tmp_path / "run.jsonl"
+    with ForkedServer(lambda i, b: stream("plain", n_content=3, ttft_s=0.01)[0]) as srv:
+        args = ["--base-url", srv.base_url, "--model", "m", "-q", "--output", str(out)]
+        assert run_main(chat.main, args + ["--num-rounds", "2"], prompts_jsonl(PROMPTS)).code == 0
+        out.write_bytes(out.read_bytes().rstrip(b"\n"))      # the last turn lost only its newline
+        resumed = run_main(chat.main, args + ["--resume"], prompts_jsonl(PROMPTS))
+        requests = srv.requests
+    assert resumed.code == 0 and "dropped" not in resumed.err
+    check_complete(out, requests)
+    assert len(requests) == 6                               # turn 2 was not asked again
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"a": 1}\n{"b"')
+    ran = run_main(chat.main, ["--base-url", "http://127.0.0.1:9/v1", "--output", str(notes), "--resume"],
+                   prompts_jsonl(PROMPTS))
+    assert ran.code == 1 and "not a lalmpipe record" in ran.err
+    assert notes.read_text() == '{"a": 1}\n{"b"'
+
+
+def test_resume_sends_what_the_run_recorded_not_todays_flags(tmp_path, api_key):
+    out = tmp_path / "run.jsonl"
+    with ForkedServer(lambda i, b: stream("plain", n_content=3, ttft_s=0.01)[0]) as srv:
+        first = ["--base-url", srv.base_url, "--model", "m", "-q", "--output", str(out)]
+        run_main(chat.main, first + ["--num-rounds", "2", "--system", "Answer in French.",
+                                     "--temperature", "0", "--extra-body", '{"top_k": 5}'],
+                 prompts_jsonl(PROMPTS))
+        resumed = run_main(chat.main, first + ["--resume"], prompts_jsonl(PROMPTS))
+        requests = srv.requests
+    assert resumed.code == 0, resumed.err
+    later = requests[2]["body"]
+    assert later["messages"][0] == {"role": "system", "content": "Answer in French."}
+    assert later["temperature"] == 0 and later["top_k"] == 5
+    check = [m["content"] for m in requests[-1]["body"]["messages"] if m["role"] == "user"]
+    assert check == PROMPTS
