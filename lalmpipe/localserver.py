@@ -125,14 +125,21 @@ class LocalServer:
         with open(self.log, "w") as fp:
             self.proc = subprocess.Popen(self.cmd, stdout=fp, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            self._wait_ready(timeout_s)
+        except BaseException:   # Ctrl-C while it loads included: never leave it running
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise SystemExit(f"localserver: error: llama-server exited; see {self.log}")
             if _healthy(self.port):
-                return self
+                return
             time.sleep(0.1)
-        self.stop()
         raise SystemExit(f"localserver: error: llama-server not ready after {timeout_s:g} s")
 
     def stop(self) -> None:
@@ -213,17 +220,21 @@ def run(args) -> int:
 
     def interrupted(signum, frame):
         raise KeyboardInterrupt
+    # explicit, so that a wrapper started in the background (SIGINT ignored) still stops
     signal.signal(signal.SIGTERM, interrupted)
-    with LocalServer(ctx=args.ctx, port=args.port) as srv:
-        say(f"llama-server ({ALIAS}) at {srv.base_url}")
-        env = dict(os.environ, OPENAI_BASE_URL=srv.base_url)
-        child = subprocess.Popen(cmd, env=env)
-        try:
+    signal.signal(signal.SIGINT, interrupted)
+    child = None
+    try:
+        with LocalServer(ctx=args.ctx, port=args.port) as srv:
+            env = dict(os.environ, OPENAI_BASE_URL=srv.base_url)
+            child = subprocess.Popen(cmd, env=env)
+            say(f"llama-server ({ALIAS}) at {srv.base_url}")
             return child.wait()
-        except KeyboardInterrupt:
+    except KeyboardInterrupt:
+        if child is not None:
             child.terminate()
             child.wait()
-            return 130
+        return 130
 
 
 if __name__ == "__main__":
