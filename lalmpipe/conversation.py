@@ -124,7 +124,8 @@ class Chat:
         status, error, view = turn_outcome(att, self.window)
         if status == STATUS_OK:
             self.conversation.add(prompt.id, prompt.text, view.content, view.reasoning)
-        record = Turn(run_id=self.run["run_id"], turn=n, prompt={"id": prompt.id, "tier": prompt.tier, "text": prompt.text},
+        record = Turn(run_id=self.run["run_id"], turn=n,
+                      prompt={"id": prompt.id, "tier": prompt.tier, "text": prompt.text},
                       sent_at=sent_at, status=status, http_status=att.http_status,
                       error=error, attempts=attempts, chunks=att.chunks,
                       content=view.content, reasoning=view.reasoning).to_dict()

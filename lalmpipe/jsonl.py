@@ -204,16 +204,11 @@ def _silence(stream) -> None:
     """Point a broken stdout at devnull so the interpreter's exit flush is quiet."""
     try:
         fd = stream.fileno()
-    except (AttributeError, ValueError, OSError, io_unsupported()):
+    except (AttributeError, ValueError, OSError):   # io.UnsupportedOperation is both
         return
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, fd)
     os.close(devnull)
-
-
-def io_unsupported():
-    import io
-    return io.UnsupportedOperation
 
 
 def parse_args(parser: argparse.ArgumentParser, argv, stdout, stderr) -> argparse.Namespace | int:
