@@ -97,9 +97,14 @@ def ceiling_sentence(report: dict) -> str:
         return (f"No ceiling found in {s['turns']} turns"
                 + (f" ({failed} failed for reasons other than the context)" if failed else "")
                 + f"; the largest context was {_n(s['max_context_tokens'])} tokens.")
+    row = next((r for r in report["turns"] if r["turn"] == c["turn"]), {})
+    cut = row.get("finish_reason") == "length"
     what = {"truncation": "the server silently truncated the conversation",
-            "context_overflow": "the request overflowed the context window",
-            "timeout": "the server stalled (timeout)"}.get(c["reason"], f"the turn failed ({c['reason']})")
+            "context_overflow": "the answer was cut when the context window filled" if cut
+            else "the request overflowed the context window",
+            "timeout": "the server stalled (timeout)",
+            "empty": "the server answered with an empty stream"}.get(
+                c["reason"], f"the turn failed ({c['reason']})")
     last = f"; the last good turn held {_n(c['last_ok_context_tokens'])} tokens" \
         if c.get("last_ok_context_tokens") else ""
     return f"Ceiling at turn {c['turn']}: {what} at about {_n(c['context_tokens'])} context tokens{last}."
