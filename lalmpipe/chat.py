@@ -36,7 +36,7 @@ PLACEHOLDER_KEY = "lm-studio"
 
 
 def new_run(args, model: str | None, server: dict, base_url: str, memory: dict | None) -> dict:
-    params = {k: v for k, v in request_params(args).items() if k != "stream"}
+    params = request_params(args)
     params.update(system=args.system, keep_reasoning=args.keep_reasoning, retries=args.retries,
                   timeout=args.timeout, stall_timeout=args.stall_timeout, on_error=args.on_error)
     if memory:
@@ -61,21 +61,16 @@ def load_prompts(args, stdin) -> tuple[list[Prompt], list[dict]]:
     return prompts, others
 
 
-# what a resumed run takes from its run record rather than from the flags given now
-RECORDED = ("temperature", "max_tokens", "system", "keep_reasoning", "probe_every",
-            "probe_max_tokens")
-NOT_SENT = {"stream_options", "system", "keep_reasoning", "retries", "timeout", "stall_timeout",
-            "on_error", "probe_every", "probe_max_tokens", "rule", "facts", "temperature",
-            "max_tokens", "reasoning_effort"}
+# settings that shape the conversation itself: a resumed run keeps its recorded ones
+# (its requests carry the recorded params anyway: see conversation.sent_params)
+RECORDED = ("system", "keep_reasoning", "probe_every", "probe_max_tokens")
 
 
 def resumed_args(args, params: dict) -> argparse.Namespace:
-    """Send the rest of a resumed run as its first part was sent."""
+    """Go on with a resumed run as its first part went, whatever the flags say now."""
     resumed = argparse.Namespace(**vars(args))
     for name in RECORDED:
         setattr(resumed, name, params.get(name))
-    resumed.reasoning_effort = params.get("reasoning_effort") or ""
-    resumed.extra_body = {k: v for k, v in params.items() if k not in NOT_SENT}
     return resumed
 
 
@@ -157,7 +152,8 @@ def _run(args, stdin, stdout, stderr) -> int:
             if model is None:
                 raise InputError(f"the server at {transport.base_url} lists no model: give --model")
             run = done.run if done else new_run(args, model, server, transport.base_url, memory)
-            warn_if_too_small(progress, prompts, server.get("context_window"), args.max_tokens)
+            warn_if_too_small(progress, prompts, server.get("context_window"),
+                              (run["params"] or {}).get("max_tokens"))
             _converse(args, transport, run, prompts, others, done, memory, progress, stdout)
     finally:
         transport.close()
@@ -191,7 +187,7 @@ def memory_of(args) -> dict | None:
 
 
 def warn_if_too_small(progress, prompts, window, max_tokens) -> None:
-    if not window:
+    if not window or not max_tokens:
         return
     from . import tokens
     need = sum(tokens.count(p.text) or 0 for p in prompts)

@@ -16,15 +16,25 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# a run record's `params` holds what each request carries and, beside it, these
+# settings of the run; the record is the one source of both, a resumed run included
+SETTINGS = ("system", "keep_reasoning", "retries", "timeout", "stall_timeout", "on_error",
+            "probe_every", "probe_max_tokens", "rule", "facts")
+
+
 def request_params(args) -> dict:
-    """The generation parameters sent with every request (never the key)."""
+    """The generation parameters the flags ask every request to carry (never the key)."""
     params = {"temperature": args.temperature, "max_tokens": args.max_tokens}
     if args.reasoning_effort:
         params["reasoning_effort"] = args.reasoning_effort
-    params["stream"] = True
     params["stream_options"] = {"include_usage": True}
     params.update(args.extra_body or {})
     return params
+
+
+def sent_params(run_params: dict) -> dict:
+    """What each request of a run carries besides model and messages."""
+    return {**{k: v for k, v in run_params.items() if k not in SETTINGS}, "stream": True}
 
 
 class Conversation:
@@ -38,7 +48,7 @@ class Conversation:
 
     def _user(self, text: str) -> dict:
         # a standing rule is given once, with the first question
-        first = not any(m["role"] == "user" for m in self.messages)
+        first = not self.answered
         return {"role": "user", "content": f"{self.rule}\n\n{text}" if self.rule and first else text}
 
     def request(self, text: str) -> list[dict]:
@@ -90,7 +100,7 @@ class Chat:
         self.conversation = conversation
         self.progress = progress
         self.window = (run["server"] or {}).get("context_window")
-        self.params = request_params(args)
+        self.params = sent_params(run["params"] or {})
 
     def turns(self, prompts: Iterable[Prompt], first_turn: int = 1) -> Iterator[dict]:
         n = first_turn

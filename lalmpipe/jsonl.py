@@ -66,35 +66,22 @@ def iter_lines_records(name: str, fp) -> Iterator[tuple[str, int, dict]]:
 
 
 def read_records(inputs: list[str], stdin, consumes: set[str], passes: set[str] = frozenset(),
-                 hint: dict[str, str] | None = None, opener=None) -> Iterator[tuple[str, int, dict]]:
-    """Yield checked records from files or stdin.
-
-    Records of the kinds in `consumes`, and of kinds lalmpipe does not know
-    (to be passed through), are yielded; a lalmpipe kind this stage has no use
-    for is an InputError naming source and line, with `hint` as advice.
-    """
+                 hint: dict[str, str] | None = None) -> Iterator[tuple[str, int, dict]]:
+    """Yield checked records from files or stdin (see `checked_records`);
+    input without a single record is an InputError."""
     count = 0
     for name in inputs or ["-"]:
-        if name == "-":
-            for item in _checked("stdin", _binary(stdin), consumes, passes, hint):
-                count += 1
-                yield item
-            continue
         try:
-            fp = (opener or _open_binary)(name)
+            fp = _binary(stdin) if name == "-" else open(name, "rb")
         except OSError as e:
             raise InputError(f"{name}: {e.strerror}") from None
-        with fp:
-            for item in _checked(name, fp, consumes, passes, hint):
+        with contextlib.nullcontext(fp) if name == "-" else fp:
+            for item in checked_records("stdin" if name == "-" else name, fp, consumes, passes, hint):
                 count += 1
                 yield item
     if count == 0:
         where = "stdin" if not inputs or inputs == ["-"] else ", ".join(inputs)
         raise InputError(f"{where}:1: empty input: no records")
-
-
-def _open_binary(name: str):
-    return open(name, "rb")
 
 
 def load_as(cls, source: str, line: int, rec: dict):
@@ -105,7 +92,14 @@ def load_as(cls, source: str, line: int, rec: dict):
         raise InputError(f"{source}:{line}: {e}") from None
 
 
-def _checked(name, fp, consumes, passes, hint) -> Iterator[tuple[str, int, dict]]:
+def checked_records(name: str, fp, consumes: set[str], passes: set[str] = frozenset(),
+                    hint: dict[str, str] | None = None) -> Iterator[tuple[str, int, dict]]:
+    """Yield (source, line, record) from one binary stream.
+
+    Records of the kinds in `consumes` or `passes`, and of kinds lalmpipe does
+    not know (to be passed through), are yielded; another lalmpipe kind is an
+    InputError naming source and line, with `hint` as advice.
+    """
     for source, lineno, obj in iter_lines_records(name, fp):
         where = f"{source}:{lineno}"
         kind = obj.get("kind") if isinstance(obj, dict) else None

@@ -6,6 +6,7 @@ import re
 from typing import Sequence
 
 from .reasoning import StreamView
+from .recall import effective_context, rounds
 
 # Prompt growth below this share of the conversation's growth means the
 # server saw less than was sent (tokenizers differ, so not much stricter).
@@ -262,8 +263,6 @@ def by_tier(rows: list[dict]) -> list[dict]:
 
 def memory(rows: list[dict], recalls: list[dict], window: int | None) -> dict | None:
     """Recall of planted facts, the rule, and degeneration, against context size."""
-    from .recall import effective_context, rounds
-
     ok = [r for r in rows if r["status"] == "ok"]
     ruled = [r for r in ok if r.get("rule_kept") is not None]
     broken = next((r for r in ruled if not r["rule_kept"]), None)

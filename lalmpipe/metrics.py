@@ -48,17 +48,17 @@ class Conversation:
     def measure(self, turn: Turn) -> dict:
         request_tokens = _add(self.history_tokens, _count(turn.prompt.get("text", "")))
         view = read_stream(turn.chunks)
-        row = _metrics(turn, view, self, request_tokens)
+        # each text is counted once: tiktoken is the costly part of a turn
+        content_n, reasoning_n = _count(view.content), _count(view.reasoning)
+        row = _metrics(turn, view, self, request_tokens, content_n, reasoning_n)
         row.update(_answer_signals(turn, view, self.rule_check))
         if turn.status == STATUS_OK:
-            answer = _count(view.content) if not self.keep_reasoning else \
-                _add(_count(view.content), _count(view.reasoning))
+            answer = _add(content_n, reasoning_n) if self.keep_reasoning else content_n
             self.history_tokens = _add(request_tokens, answer)
             if row["prompt_tokens"] is not None:
                 self.prev_prompt_tokens = row["prompt_tokens"]
                 self.prev_request_tokens = request_tokens
         return row
-
 
     def score(self, probe: Probe) -> dict:
         """Score a forked probe: the right number in the answer?"""
@@ -91,9 +91,10 @@ def _add(a: int | None, b: int | None) -> int | None:
     return None if a is None or b is None else a + b
 
 
-def _metrics(turn: Turn, view, conv: Conversation, request_tokens: int | None) -> dict:
+def _metrics(turn: Turn, view, conv: Conversation, request_tokens: int | None,
+             content_n: int | None, reasoning_n: int | None) -> dict:
     times = measure.timing(view)
-    counts = measure.token_counts(view.usage, _count(view.reasoning), _count(view.content))
+    counts = measure.token_counts(view.usage, reasoning_n, content_n)
     n_gen = measure.generated_tokens(counts, len(view.tokens))
     cached = measure.cached_tokens(view.usage, view.timings)
     if counts["prompt_tokens"] is None and turn.error:
@@ -116,7 +117,7 @@ def _metrics(turn: Turn, view, conv: Conversation, request_tokens: int | None) -
         cached_tokens=cached,
         prefill_tps=r3(measure.prefill_tps(p, cached, times["ttft_s"])),
         context_tokens=_add(p, c),
-        conversation_tokens=_add(request_tokens, _count(view.content)),
+        conversation_tokens=_add(request_tokens, content_n),
         truncated=measure.truncated(p, c, conv.prev_prompt_tokens, growth, conv.window),
         server_timings=view.timings,
     ).to_dict()

@@ -79,12 +79,12 @@ class ScriptedServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, answer, host="127.0.0.1", port=0, speed=1.0, models=("replay",),
-                 extra_get=None, on_request=None):
+                 routes=None, on_request=None):
         super().__init__((host, port), _Handler)
         self.answer = answer              # (index, request body) -> Script
         self.speed = speed
         self.models = list(models)
-        self.extra_get = extra_get or {}  # path -> JSON document (/props, POST /api/show)
+        self.routes = routes or {}  # path -> JSON document, GET or POST (/props, /api/show)
         self.requests: list[dict] = []
         self.on_request = on_request
         self._lock = threading.Lock()
@@ -126,8 +126,8 @@ class _Handler(BaseHTTPRequestHandler):
             doc = {"object": "list", "data": [{"id": m, "object": "model"} for m in self.server.models]}
         elif path == "/health":
             doc = {"status": "ok"}
-        elif path in self.server.extra_get:
-            doc = self.server.extra_get[path]
+        elif path in self.server.routes:
+            doc = self.server.routes[path]
         else:
             return self._send(404, json.dumps({"error": {"message": "not found"}}).encode())
         self._send(200, json.dumps(doc).encode())
@@ -136,9 +136,10 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
         t_arrival = time.perf_counter()
-        if self.path.rstrip("/") in self.server.extra_get:
-            return self._send(200, json.dumps(self.server.extra_get[self.path.rstrip("/")]).encode())
-        if not self.path.rstrip("/").endswith("/chat/completions"):
+        path = self.path.rstrip("/")
+        if path in self.server.routes:
+            return self._send(200, json.dumps(self.server.routes[path]).encode())
+        if not path.endswith("/chat/completions"):
             return self._send(404, b'{"error":{"message":"not found"}}')
         try:
             body = json.loads(raw or b"{}")

@@ -72,17 +72,16 @@ def comparison(reports: list[dict]) -> list[list[str]]:
     return [head] + [[label] + [_cell(get(r)) for r in reports] for label, get in COMPARE]
 
 
-def comparison_text(reports: list[dict]) -> str:
-    table = comparison(reports)
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
-                     for row in table) + "\n"
+def text_table(rows: list[list[str]], right: bool) -> list[str]:
+    """Columns as wide as their widest cell, numbers to the right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    pad = str.rjust if right else str.ljust
+    return ["  ".join(pad(c, w) for c, w in zip(row, widths)).rstrip() for row in rows]
 
 
-def comparison_markdown(reports: list[dict]) -> str:
-    table = comparison(reports)
-    out = ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
-    return "\n".join(out + ["| " + " | ".join(row) + " |" for row in table[1:]]) + "\n"
+def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + \
+        ["| " + " | ".join(row) + " |" for row in rows]
 
 
 TIER_COLUMNS = (("tier", "tier"), ("turns", "turns"), ("ttft_mean_s", "TTFT s"),
@@ -197,10 +196,7 @@ def memory_lines(m: dict | None) -> list[tuple[str, str]]:
 def text(report: dict) -> str:
     run = report["run"] or {}
     lines = [f"{run.get('model', '?')} at {run.get('base_url', '?')} (run {run.get('run_id', '?')})", ""]
-    table = [[HEADINGS[c] for c in COLUMNS]] + [_row(r) for r in report["turns"]]
-    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
-    for row in table:
-        lines.append("  ".join(cell.rjust(w) for cell, w in zip(row, widths)).rstrip())
+    lines += text_table([[HEADINGS[c] for c in COLUMNS]] + [_row(r) for r in report["turns"]], right=True)
     lines.append("")
     lines += [f"{label:<13}{sentence}" for label, sentence in summary_lines(report)]
     return "\n".join(lines) + "\n"
@@ -212,14 +208,13 @@ def markdown(report: dict, plot_path: str | None = None) -> str:
            f"Server `{run.get('base_url', '?')}`, started {run.get('started_at', '?')}.", "",
            "| | |", "|---|---|"]
     out += [f"| {label} | {sentence} |" for label, sentence in summary_lines(report)]
-    out += ["", "## Tiers", "", "| " + " | ".join(h for _, h in TIER_COLUMNS) + " |",
-            "|" + "---|" * len(TIER_COLUMNS)]
-    out += ["| " + " | ".join(_cell(t[k]) for k, _ in TIER_COLUMNS) + " |" for t in report["tiers"]]
+    out += ["", "## Tiers", ""]
+    out += md_table([h for _, h in TIER_COLUMNS],
+                    [[_cell(t[k]) for k, _ in TIER_COLUMNS] for t in report["tiers"]])
     if plot_path:
         out += ["", f"![context growth]({plot_path})"]
-    out += ["", "## Turns", "", "| " + " | ".join(HEADINGS[c] for c in COLUMNS) + " |",
-            "|" + "---|" * len(COLUMNS)]
-    out += ["| " + " | ".join(_row(r)) + " |" for r in report["turns"]]
+    out += ["", "## Turns", ""]
+    out += md_table([HEADINGS[c] for c in COLUMNS], [_row(r) for r in report["turns"]])
     return "\n".join(out) + "\n"
 
 
@@ -272,13 +267,14 @@ def emit(reports: list[dict], fmt: str, stdout, plot_path: str | None = None) ->
     elif fmt == "csv":
         write_csv(reports, stdout)
     elif fmt == "markdown":
-        head = ["# Comparison", "", comparison_markdown(reports)] if several else []
+        table = comparison(reports)
+        head = ["# Comparison", "", "\n".join(md_table(table[0], table[1:])) + "\n"] if several else []
         if several and plot_path:
             head += [f"![context growth]({plot_path})", ""]
         stdout.write("\n".join(head + [markdown(r, None if several else plot_path) for r in reports]))
     else:
         parts = [text(r) for r in reports]
         if several:
-            parts.append("Comparison\n\n" + comparison_text(reports))
+            parts.append("Comparison\n\n" + "\n".join(text_table(comparison(reports), right=False)) + "\n")
         stdout.write("\n".join(parts))
     stdout.flush()

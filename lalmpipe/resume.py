@@ -6,7 +6,7 @@ import io
 import json
 import os
 
-from .jsonl import InputError, load_as, read_records
+from .jsonl import InputError, checked_records, load_as
 from .records import STATUS_OK, STATUS_INTERRUPTED, Prompt, Turn
 
 
@@ -32,15 +32,13 @@ class PreviousRun:
 
     def apply(self, prompts: list[Prompt], conversation, progress) -> tuple[list[Prompt], int]:
         """Rebuild the history; return the prompts still to do and the next turn number."""
-        answered = set()
         for t in self.turns:
             if t.status == STATUS_OK:
                 conversation.add(t.prompt["id"], t.prompt["text"], t.content, t.reasoning)
-                answered.add(t.prompt["id"])
         numbers = [t.turn for t in self.turns if t.status != STATUS_INTERRUPTED]
         first = max(numbers, default=0) + 1
-        todo = [p for p in prompts if p.id not in answered]
-        progress.say(f"resuming run {self.run['run_id']}: {len(answered)} turns done, "
+        todo = [p for p in prompts if p.id not in conversation.answered]
+        progress.say(f"resuming run {self.run['run_id']}: {len(conversation.answered)} turns done, "
                      f"{len(todo)} to go, from turn {first}")
         return todo, first
 
@@ -84,8 +82,7 @@ def _is_record(line: bytes) -> bool:
 
 def _read(path: str, data: bytes) -> tuple[dict, list[Turn]]:
     run, turns = None, []
-    for source, line, rec in read_records([path], None, consumes={"run", "turn", "probe"},
-                                          opener=lambda _: io.BytesIO(data)):
+    for source, line, rec in checked_records(path, io.BytesIO(data), consumes={"run", "turn", "probe"}):
         if rec["kind"] == "run":
             if run is not None and rec["run_id"] != run["run_id"]:
                 raise InputError(f"{source}:{line}: a second run in one --output file")

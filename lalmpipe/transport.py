@@ -31,6 +31,7 @@ class Attempt:
     retry_after_s: float | None = None
     transient: bool = False
     interrupted: bool = False
+    unanswered: bool = False           # the connection closed before any byte of an answer
 
 
 def classify_status(status: int, body: str) -> str:
@@ -77,7 +78,7 @@ class Transport:
         connection pool's, not the server's failure, so the request goes again.
         """
         att = self._stream_once(body, deadline_s, on_event)
-        if att.error and att.http_status is None and "without sending a response" in att.error["message"]:
+        if att.unanswered:
             att = self._stream_once(body, deadline_s, on_event)
         return att
 
@@ -105,6 +106,8 @@ class Transport:
             cause = e.__cause__ or e
             att.error = {"kind": "connection", "message": f"{type(cause).__name__}: {cause}", "body": None}
             att.transient = not att.chunks
+            # httpx's words for a kept-alive connection the server had already closed
+            att.unanswered = att.http_status is None and "without sending a response" in str(cause)
         except _StreamTimeout as e:
             att.error = {"kind": "timeout", "message": str(e), "body": None}
         except Exception as e:  # noqa: BLE001 - a broken stream is data, not a crash

@@ -111,7 +111,7 @@ def test_options_change_the_request(api_key):
 
 def test_run_record_says_what_was_sent_and_never_the_key(api_key):
     with ScriptedServer(lambda i, b: _answer_script("ok"), models=["m-one", "m-two"],
-                        extra_get={"/props": {"default_generation_settings": {"n_ctx": 4096}}}) as server:
+                        routes={"/props": {"default_generation_settings": {"n_ctx": 4096}}}) as server:
         ran = run_main(chat.main, ["--base-url", server.base_url, "-q"], prompts_jsonl(["x"]))
     run, turn = ran.records
     assert run["kind"] == "run" and run["model"] == "m-one"   # first listed model by default

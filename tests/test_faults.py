@@ -168,7 +168,7 @@ def test_length_stop_with_the_window_full_is_an_overflow(api_key):
                (0.03, json.dumps({"choices": [], "usage": {"prompt_tokens": 500, "completion_tokens": 12}})),
                (0.04, "[DONE]"))
     props = {"/props": {"default_generation_settings": {"n_ctx": 512}}}
-    ran, turns, _ = converse([ok(), full], 3, extra_get=props)
+    ran, turns, _ = converse([ok(), full], 3, routes=props)
     assert turns[1]["error"]["kind"] == "context_overflow"
     assert "512" in turns[1]["error"]["message"] and len(turns) == 2
 
@@ -182,14 +182,14 @@ def test_preflight_reads_each_servers_window(api_key):
                         "parameters": "num_ctx 4096\nstop x"}}, 4096, "ollama"),
     ]
     for routes, window, software in cases:
-        ran, _, _ = converse([ok()], 1, extra_get=routes)
+        ran, _, _ = converse([ok()], 1, routes=routes)
         server = ran.records[0]["server"]
         assert (server["context_window"], server["software"]) == (window, software)
 
 
 def test_warns_when_the_conversation_will_not_fit(api_key):
     props = {"/props": {"default_generation_settings": {"n_ctx": 300}}}
-    ran, _, _ = converse([ok()], 1, "--max-tokens", "512", extra_get=props)
+    ran, _, _ = converse([ok()], 1, "--max-tokens", "512", routes=props)
     assert "the context window is 300 tokens" in ran.err and "expect the context to overflow" in ran.err
 
 
