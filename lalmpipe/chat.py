@@ -16,18 +16,18 @@ Example:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import uuid
+
+import msgspec
 
 from . import __version__
 from .jsonl import (ExitCode, InputError, RecordWriter, UsageError, add_common_args, add_input_args,
-                    load_as, new_parser, positive_int, read_records, run_command)
-from .conversation import Chat, Conversation, now_iso, request_params
+                    new_parser, positive_int, read_records, run_command)
+from .conversation import Chat, Conversation, Interrupts, now_iso, request_params
 from .progress import Progress
-from .records import Prompt, Run
+from .records import DEFAULT_SETTINGS, Prompt, Run, Settings
 from .serverinfo import preflight
 
 PROG = "lalm-chat"
@@ -35,43 +35,27 @@ DEFAULT_BASE_URL = "http://localhost:1234/v1"
 PLACEHOLDER_KEY = "lm-studio"
 
 
-def new_run(args, model: str | None, server: dict, base_url: str, memory: dict | None) -> dict:
-    params = request_params(args)
-    params.update(system=args.system, keep_reasoning=args.keep_reasoning, retries=args.retries,
-                  timeout=args.timeout, stall_timeout=args.stall_timeout, on_error=args.on_error)
+def new_run(args, model: str, server: dict, base_url: str, memory: dict | None) -> Run:
+    settings = Settings.from_args(args)
     if memory:
-        params.update(probe_every=args.probe_every, probe_max_tokens=args.probe_max_tokens,
-                      rule=memory.get("rule"), facts=[f["id"] for f in memory["facts"]])
+        settings = msgspec.structs.replace(settings, rule=memory["rule"], facts=memory["facts"])
     return Run(run_id=uuid.uuid4().hex[:12], started_at=now_iso(),
                tool={"name": "lalmpipe", "version": __version__}, base_url=base_url,
-               model=model, params=params, server=server).to_dict()
+               model=model, params=request_params(args), settings=settings, server=server)
 
 
 def load_prompts(args, stdin) -> tuple[list[Prompt], list[dict]]:
     """The prompts to send, and records of other kinds to pass through."""
     prompts, others = [], []
-    for source, line, rec in read_records(args.inputs, stdin, consumes={"prompt"},
-                                          hint={"turn": "lalm-chat reads prompts; see lalm-replay"}):
-        if rec["kind"] == "prompt":
-            prompts.append(load_as(Prompt, source, line, rec))
+    for item in read_records(args.inputs, stdin, consumes={"prompt"},
+                             hint={"turn": "lalm-chat reads prompts; see lalm-replay"}):
+        if isinstance(item.record, Prompt):
+            prompts.append(item.record)
         else:
-            others.append(rec)
+            others.append(item.raw)
     if args.num_rounds is not None:
         prompts = prompts[:args.num_rounds]
     return prompts, others
-
-
-# settings that shape the conversation itself: a resumed run keeps its recorded ones
-# (its requests carry the recorded params anyway: see conversation.sent_params)
-RECORDED = ("system", "keep_reasoning", "probe_every", "probe_max_tokens")
-
-
-def resumed_args(args, params: dict) -> argparse.Namespace:
-    """Go on with a resumed run as its first part went, whatever the flags say now."""
-    resumed = argparse.Namespace(**vars(args))
-    for name in RECORDED:
-        setattr(resumed, name, params.get(name))
-    return resumed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,41 +125,46 @@ def _run(args, stdin, stdout, stderr) -> int:
     prompts, others = load_prompts(args, stdin)
     progress = Progress(stderr, args.quiet, total=len(prompts))
     done = previous_run(args.output, progress.say) if args.resume else None
-    if done:
-        args = resumed_args(args, done.run.get("params") or {})
-    memory = memory_of(args)
+    memory = None if done else memory_of(args)
     api_key = os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_KEY
-    transport = Transport(args.base_url, api_key, args.stall_timeout)
-    try:
-        with _term_as_interrupt():
-            model, server = preflight(transport, args.model)
+    interrupts = Interrupts()
+    with interrupts.installed():
+        transport = Transport(args.base_url, api_key, done.run.settings.stall_timeout if done
+                              else args.stall_timeout)
+        try:
+            if done:
+                done.check_same(transport.base_url, args.model, prompts)
+            with interrupts.waiting():
+                model, server = preflight(transport, args.model or (done.run.model if done else None))
             if model is None:
                 raise InputError(f"the server at {transport.base_url} lists no model: give --model")
             run = done.run if done else new_run(args, model, server, transport.base_url, memory)
-            warn_if_too_small(progress, prompts, server.get("context_window"),
-                              (run["params"] or {}).get("max_tokens"))
-            _converse(args, transport, run, prompts, others, done, memory, progress, stdout)
-    finally:
-        transport.close()
+            warn_if_too_small(progress, prompts, run.context_window, run.params.get("max_tokens"))
+            _converse(args, transport, run, prompts, others, done, progress, interrupts, stdout)
+        finally:
+            transport.close()
     return ExitCode.OK
 
 
-def _converse(args, transport, run, prompts, others, done, memory, progress, stdout) -> None:
+def _converse(args, transport, run, prompts, others, done, progress, interrupts, stdout) -> None:
     from .resume import open_output
 
-    rule = ((run["params"] or {}).get("rule") or {}).get("text")
-    conversation = Conversation(args.system, args.keep_reasoning, rule)
+    conversation = Conversation.of(run)
     first = 1
-    if done:
-        prompts, first = done.apply(prompts, conversation, progress)
     with open_output(args.output, args.resume) as also:
         out = RecordWriter(stdout, also, on_broken=progress.say)
-        out.write(run, to_file=not done)
-        for record in others:
+        if done:
+            # the stream carries the whole run, so a pipeline measures it as the file would
+            prompts, first = done.apply(prompts, conversation, progress)
+            out.write_text(done.text)
+        else:
+            out.write(run)
+            for record in others:
+                out.write(record)
+        chat = Chat(transport, run, conversation, progress, interrupts, run.settings.facts or ())
+        for record in chat.turns(prompts, first):
             out.write(record)
-        facts = memory["facts"] if memory else ()
-        for record in Chat(transport, args, run, conversation, progress, facts).turns(prompts, first):
-            out.write(record)
+            interrupts.check()
 
 
 def memory_of(args) -> dict | None:
@@ -195,19 +184,3 @@ def warn_if_too_small(progress, prompts, window, max_tokens) -> None:
         progress.say(f"the context window is {window} tokens; the {len(prompts)} prompts alone "
                      f"take about {need} and each answer may add up to {max_tokens}: "
                      "expect the context to overflow")
-
-
-@contextlib.contextmanager
-def _term_as_interrupt():
-    """Treat SIGTERM like Ctrl-C while the run lasts, so the turn in flight is written."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -1,25 +1,21 @@
 """The conversation lalm-chat holds: what each request carries, each turn's
-outcome, retries, the stop policy and the forked recall probes."""
+outcome, retries, the stop policy, the forked recall probes and interruptions."""
 from __future__ import annotations
 
-import json
+import contextlib
+import signal
 import time
 from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
+from . import outcome
 from .reasoning import read_stream
-from .records import STATUS_ERROR, STATUS_INTERRUPTED, STATUS_OK, Probe, Prompt, Turn
-from .transport import is_overflow_message
+from .records import STATUS_INTERRUPTED, STATUS_OK, Fact, Probe, Prompt, Run, Turn
+from .transport import Attempt
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-# a run record's `params` holds what each request carries and, beside it, these
-# settings of the run; the record is the one source of both, a resumed run included
-SETTINGS = ("system", "keep_reasoning", "retries", "timeout", "stall_timeout", "on_error",
-            "probe_every", "probe_max_tokens", "rule", "facts")
 
 
 def request_params(args) -> dict:
@@ -32,11 +28,6 @@ def request_params(args) -> dict:
     return params
 
 
-def sent_params(run_params: dict) -> dict:
-    """What each request of a run carries besides model and messages."""
-    return {**{k: v for k, v in run_params.items() if k not in SETTINGS}, "stream": True}
-
-
 class Conversation:
     """The messages sent so far, and what a finished turn adds to them."""
 
@@ -45,6 +36,11 @@ class Conversation:
         self.keep_reasoning = keep_reasoning
         self.rule = rule
         self.answered: set[int] = set()
+
+    @classmethod
+    def of(cls, run: Run) -> "Conversation":
+        s = run.settings
+        return cls(s.system, s.keep_reasoning, s.rule_text)
 
     def _user(self, text: str) -> dict:
         # a standing rule is given once, with the first question
@@ -61,101 +57,150 @@ class Conversation:
         self.answered.add(prompt_id)
 
 
-def turn_outcome(att, window: int | None) -> tuple[str, dict | None, object]:
-    """Decide a turn's status and error from what its request got back."""
-    view = read_stream(att.chunks)
-    if att.interrupted:
-        return STATUS_INTERRUPTED, att.error, view
-    if att.error:
-        return STATUS_ERROR, att.error, view
-    if view.error is not None:
-        text = json.dumps(view.error)
-        kind = "context_overflow" if is_overflow_message(text) else "stream"
-        return STATUS_ERROR, {"kind": kind, "message": _message(view.error), "body": text}, view
-    if view.events == 0:
-        return STATUS_ERROR, {"kind": "empty", "message": "HTTP 200 with no events", "body": None}, view
-    if not view.done and view.finish_reason is None:
-        return STATUS_ERROR, {"kind": "stream", "message": "stream ended before finish_reason or [DONE]",
-                              "body": None}, view
-    if view.finish_reason == "length" and window and view.usage:
-        used = (view.usage.get("prompt_tokens") or 0) + (view.usage.get("completion_tokens") or 0)
-        if used >= window:
-            return STATUS_ERROR, {"kind": "context_overflow",
-                                  "message": f"stream cut by the context window ({used} of {window} tokens)",
-                                  "body": None}, view
-    return STATUS_OK, None, view
+class Interrupts:
+    """SIGINT and SIGTERM as a flag, checked at safe points.
+
+    While the run waits (on the network, in a retry back-off) a signal breaks
+    the wait at once, as KeyboardInterrupt; anywhere else, writing a record
+    above all, it only raises the flag, and the run stops at the next safe
+    point with every record whole.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._waiting = 0
+
+    def _handler(self, signum, frame) -> None:
+        self.requested = True
+        if self._waiting:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def waiting(self):
+        """A stretch where a signal may break in."""
+        self.check()
+        self._waiting += 1
+        try:
+            yield
+        finally:
+            self._waiting -= 1
+
+    def check(self) -> None:
+        """A safe point: stop here if a signal came."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Catch SIGINT and SIGTERM while the run lasts (main thread only)."""
+        previous = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, self._handler)
+        except ValueError:   # not the main thread: leave signals alone
+            pass
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
-def _message(err) -> str:
-    return str(err.get("message") or err) if isinstance(err, dict) else str(err)
+INTERRUPTED = ("interrupted", "interrupted by the user")
 
 
 class Chat:
-    """Run the conversation: one turn per prompt, with retries and the stop policy."""
+    """Run the conversation: one turn per prompt, with retries and the stop policy.
 
-    def __init__(self, transport, args, run: dict, conversation: Conversation, progress,
-                 facts: list[dict] = ()):
-        self.transport, self.args, self.run = transport, args, run
+    Every setting comes from the run record, a resumed run's included.
+    """
+
+    def __init__(self, transport, run: Run, conversation: Conversation, progress,
+                 interrupts: Interrupts, facts: list[Fact] = ()):
+        self.transport, self.run = transport, run
+        self.settings = run.settings
         self.facts = list(facts)
         self.conversation = conversation
         self.progress = progress
-        self.window = (run["server"] or {}).get("context_window")
-        self.params = sent_params(run["params"] or {})
+        self.interrupts = interrupts
+        self.params = {**run.params, "stream": True}
 
-    def turns(self, prompts: Iterable[Prompt], first_turn: int = 1) -> Iterator[dict]:
-        n = first_turn
+    def turns(self, prompts: Iterable[Prompt], first_turn: int = 1) -> Iterator[Turn | Probe]:
+        n, every = first_turn, self.settings.probe_every
         for prompt in prompts:
-            record, status = self.one_turn(n, prompt)
+            self.interrupts.check()
+            record = self.one_turn(n, prompt)
             yield record
-            if status == STATUS_INTERRUPTED:
+            if record.status == STATUS_INTERRUPTED:
                 raise KeyboardInterrupt
-            if status == STATUS_OK and self.args.probe_every and n % self.args.probe_every == 0:
+            if record.status == STATUS_OK and every and n % every == 0:
                 yield from self.probe_round(n)
-            if status != STATUS_OK and self.args.on_error == "stop":
-                self.progress.say(f"stopping at turn {n}: {record['error']['kind']}: "
-                                  f"{record['error']['message']} (--on-error continue goes on)")
+            if record.status != STATUS_OK and self.settings.on_error == "stop":
+                self.progress.say(f"stopping at turn {n}: {record.error.kind}: "
+                                  f"{record.error.message} (--on-error continue goes on)")
                 return
             n += 1
 
-    def one_turn(self, n: int, prompt: Prompt) -> tuple[dict, str]:
-        body = {"model": self.run["model"], "messages": self.conversation.request(prompt.text),
+    def one_turn(self, n: int, prompt: Prompt) -> Turn:
+        body = {"model": self.run.model, "messages": self.conversation.request(prompt.text),
                 **self.params}
         sent_at = now_iso()
-        att, attempts = None, 0
-        while True:
-            attempts += 1
-            self.progress.start_turn(n, prompt)
-            att = self.transport.stream(body, self.args.timeout, self.progress.on_event)
-            if not att.transient or attempts > self.args.retries:
-                break
-            wait = att.retry_after_s if att.retry_after_s is not None else 2 ** (attempts - 1)
-            self.progress.say(f"turn {n}: {att.error['message']}; retry {attempts} in {wait:g} s")
-            time.sleep(min(wait, 60))
-        status, error, view = turn_outcome(att, self.window)
+        att, attempts = self._send(n, prompt, body)
+        view = read_stream(att.chunks)
+        status, error = outcome.classify(att.http_status, att.body, att.failure, view,
+                                         self.run.context_window)
         if status == STATUS_OK:
             self.conversation.add(prompt.id, prompt.text, view.content, view.reasoning)
-        record = Turn(run_id=self.run["run_id"], turn=n,
-                      prompt={"id": prompt.id, "tier": prompt.tier, "text": prompt.text},
-                      sent_at=sent_at, status=status, http_status=att.http_status,
-                      error=error, attempts=attempts, chunks=att.chunks,
-                      content=view.content, reasoning=view.reasoning).to_dict()
+        record = Turn(run_id=self.run.run_id, turn=n, prompt=prompt.ref(), sent_at=sent_at,
+                      status=status, http_status=att.http_status, error=error, attempts=attempts,
+                      chunks=att.chunks, content=view.content, reasoning=view.reasoning)
         self.progress.end_turn(record, view)
-        return record, status
+        return record
 
-    def probe_round(self, after_turn: int) -> Iterator[dict]:
+    def _send(self, n: int, prompt: Prompt, body: dict):
+        """Send a turn, again after a transient failure; a signal ends the wait as `interrupted`."""
+        att, attempts = None, 0
+        try:
+            with self.interrupts.waiting():
+                while True:
+                    attempts += 1
+                    self.progress.start_turn(n, prompt)
+                    att = self.transport.stream(body, self.settings.timeout, self.progress.on_event)
+                    if att.interrupted or attempts > self.settings.retries or not outcome.is_transient(
+                            att.http_status, att.failure and att.failure[0], bool(att.chunks)):
+                        return att, attempts
+                    wait = att.retry_after_s if att.retry_after_s is not None else 2 ** (attempts - 1)
+                    why = att.failure[1] if att.failure else outcome.error_message(att.body) \
+                        or f"HTTP {att.http_status}"
+                    self.progress.say(f"turn {n}: {why}; retry {attempts} in {wait:g} s")
+                    time.sleep(min(wait, 60))
+        except KeyboardInterrupt:
+            att = att or Attempt()
+            att.failure = INTERRUPTED
+            return att, attempts
+
+    def probe_round(self, after_turn: int) -> Iterator[Probe]:
         """Ask each fact stated so far, each in a request of its own that the
         conversation never sees (the history and its prefix cache stay as they are)."""
         for fact in self.facts:
-            if fact["stated_in"] not in self.conversation.answered:
+            if fact.stated_in not in self.conversation.answered:
                 continue
-            body = {"model": self.run["model"], **self.params,
-                    "max_tokens": self.args.probe_max_tokens,
-                    "messages": self.conversation.messages + [{"role": "user", "content": fact["question"]}]}
+            self.interrupts.check()
+            body = {"model": self.run.model, **self.params,
+                    "max_tokens": self.settings.probe_max_tokens,
+                    "messages": self.conversation.messages + [{"role": "user", "content": fact.question}]}
             sent_at = now_iso()
-            att = self.transport.stream(body, self.args.timeout)
-            status, error, view = turn_outcome(att, self.window)
-            yield Probe(run_id=self.run["run_id"], after_turn=after_turn, fact=fact, sent_at=sent_at,
+            try:
+                with self.interrupts.waiting():
+                    att = self.transport.stream(body, self.settings.timeout)
+            except KeyboardInterrupt:
+                    att = Attempt(failure=INTERRUPTED)
+            view = read_stream(att.chunks)
+            status, error = outcome.classify(att.http_status, att.body, att.failure, view,
+                                             self.run.context_window)
+            yield Probe(run_id=self.run.run_id, after_turn=after_turn, fact=fact, sent_at=sent_at,
                         status=status, http_status=att.http_status, error=error, chunks=att.chunks,
-                        content=view.content).to_dict()
+                        content=view.content)
             if status == STATUS_INTERRUPTED:
                 raise KeyboardInterrupt
+

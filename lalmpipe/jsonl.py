@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import enum
-import json
 import os
 import sys
-from typing import Callable, Iterator, TextIO
+from typing import Callable, Iterator, NamedTuple, TextIO
 
 import jsonlines
+import msgspec
 
-from .records import KINDS, RecordError, check_version
+from .records import KINDS, Record, RecordError, as_record, check_version
 
 
 class ExitCode(enum.IntEnum):
@@ -50,23 +50,37 @@ def _binary(stream) -> object:
 
 def iter_lines_records(name: str, fp) -> Iterator[tuple[str, int, dict]]:
     """Yield (source, line number, decoded object) from one open stream."""
+    decode = msgspec.json.decode
     for lineno, line in enumerate(fp, 1):
-        if isinstance(line, bytes):
-            try:
-                line = line.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InputError(f"{name}:{lineno}: not UTF-8 text") from None
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except ValueError:
-            raise InputError(f"{name}:{lineno}: invalid JSON") from None
+            obj = decode(line)
+        except msgspec.DecodeError:
+            raise InputError(f"{name}:{lineno}: {_why_not_json(line)}") from None
         yield name, lineno, obj
 
 
+def _why_not_json(line) -> str:
+    if isinstance(line, bytes):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return "not UTF-8 text"
+    return "invalid JSON"
+
+
+class Line(NamedTuple):
+    """One record read: where it came from, the decoded line, and the typed
+    record when the stage consumes its kind (None for records passed through)."""
+    source: str
+    lineno: int
+    raw: dict
+    record: Record | None
+
+
 def read_records(inputs: list[str], stdin, consumes: set[str], passes: set[str] = frozenset(),
-                 hint: dict[str, str] | None = None) -> Iterator[tuple[str, int, dict]]:
+                 hint: dict[str, str] | None = None) -> Iterator[Line]:
     """Yield checked records from files or stdin (see `checked_records`);
     input without a single record is an InputError."""
     count = 0
@@ -84,17 +98,9 @@ def read_records(inputs: list[str], stdin, consumes: set[str], passes: set[str] 
         raise InputError(f"{where}:1: empty input: no records")
 
 
-def load_as(cls, source: str, line: int, rec: dict):
-    """Build a record object; a wrong shape becomes an InputError naming the line."""
-    try:
-        return cls.from_dict(rec)
-    except (RecordError, TypeError, ValueError) as e:
-        raise InputError(f"{source}:{line}: {e}") from None
-
-
 def checked_records(name: str, fp, consumes: set[str], passes: set[str] = frozenset(),
-                    hint: dict[str, str] | None = None) -> Iterator[tuple[str, int, dict]]:
-    """Yield (source, line, record) from one binary stream.
+                    hint: dict[str, str] | None = None) -> Iterator[Line]:
+    """Yield the records of one binary stream, typed where the stage consumes them.
 
     Records of the kinds in `consumes` or `passes`, and of kinds lalmpipe does
     not know (to be passed through), are yielded; another lalmpipe kind is an
@@ -105,17 +111,20 @@ def checked_records(name: str, fp, consumes: set[str], passes: set[str] = frozen
         kind = obj.get("kind") if isinstance(obj, dict) else None
         if kind is None:
             raise InputError(f"{where}: not a lalmpipe record (no 'kind')")
-        if kind in KINDS and kind not in consumes and kind not in passes:
+        if kind not in KINDS:
+            yield Line(source, lineno, obj, None)
+            continue
+        if kind not in consumes and kind not in passes:
             expected = " or ".join(sorted(consumes))
             extra = (hint or {}).get(kind, "")
             raise InputError(f"{where}: unexpected {kind!r} record, expected {expected}"
                              + (f" ({extra})" if extra else ""))
-        if kind in KINDS:
-            try:
-                check_version(obj)
-            except RecordError as e:
-                raise InputError(f"{where}: {e}") from None
-        yield source, lineno, obj
+        try:
+            check_version(obj)
+            record = KINDS[kind].from_dict(obj) if kind in consumes else None
+        except (RecordError, TypeError, ValueError) as e:
+            raise InputError(f"{where}: {e}") from None
+        yield Line(source, lineno, obj, record)
 
 
 class RecordWriter:
@@ -132,14 +141,26 @@ class RecordWriter:
         self._to_file = jsonlines.Writer(also, compact=True, flush=True) if also else None
         self._on_broken = on_broken
 
-    def write(self, record: dict, to_file: bool = True) -> None:
+    def write(self, record: Record | dict, to_file: bool = True) -> None:
+        record = as_record(record)
         if self._to_file is not None and to_file:
             self._to_file.write(record)
             os.fsync(self._file.fileno())
-        if self._out is None:
+        self._to_stdout(self._out.write if self._out else None, record)
+
+    def write_text(self, text: str) -> None:
+        """Send lines already in the file down stdout only."""
+        self._to_stdout(self._write_flushed if self._out else None, text)
+
+    def _write_flushed(self, text: str) -> None:
+        self._stream.write(text)
+        self._stream.flush()
+
+    def _to_stdout(self, write, what) -> None:
+        if write is None:
             return
         try:
-            self._out.write(record)
+            write(what)
         except BrokenPipeError:
             if self._to_file is None:
                 raise

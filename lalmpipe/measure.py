@@ -5,7 +5,9 @@ import math
 import re
 from typing import Sequence
 
+from .outcome import window_full
 from .reasoning import StreamView
+from .records import Metrics, Recall
 from .recall import effective_context, rounds
 
 # Prompt growth below this share of the conversation's growth means the
@@ -67,19 +69,25 @@ def timing(view: StreamView) -> dict:
 
 def token_counts(usage: dict | None, reasoning_count: int | None,
                  content_count: int | None) -> dict:
-    """Prefer the server's counts; split reasoning/content by tiktoken otherwise."""
+    """Prefer the server's counts; with only its completion count, split that
+    by the client's reasoning/content counts; without it, the client's counts."""
     usage = usage or {}
     details = usage.get("completion_tokens_details") or {}
     completion = usage.get("completion_tokens")
+    counts = {"prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": completion}
     if details.get("reasoning_tokens") is not None and completion is not None:
         reasoning = details["reasoning_tokens"]
-        return {"prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": completion,
-                "reasoning_tokens": reasoning, "content_tokens": completion - reasoning,
+        return {**counts, "reasoning_tokens": reasoning, "content_tokens": completion - reasoning,
                 "tokens_source": "server"}
-    source = "tiktoken" if reasoning_count is not None else None
-    return {"prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": completion,
-            "reasoning_tokens": reasoning_count, "content_tokens": content_count,
-            "tokens_source": source}
+    if reasoning_count is None:
+        return {**counts, "reasoning_tokens": None, "content_tokens": None, "tokens_source": None}
+    if completion is None:
+        return {**counts, "reasoning_tokens": reasoning_count, "content_tokens": content_count,
+                "tokens_source": "tiktoken"}
+    client = reasoning_count + content_count
+    reasoning = round(completion * reasoning_count / client) if client else 0
+    return {**counts, "reasoning_tokens": reasoning, "content_tokens": completion - reasoning,
+            "tokens_source": "server+tiktoken"}
 
 
 def cached_tokens(usage: dict | None, timings: dict | None) -> int | None:
@@ -117,6 +125,27 @@ def generated_tokens(counts: dict, n_token_chunks: int) -> int:
     return n_token_chunks
 
 
+def partial_prompt_count(prompt_tokens: int | None, request_growth: int | None,
+                         prev_prompt_tokens: int | None) -> bool:
+    """Tell if the server counted only the part of the prompt it had not cached.
+
+    Ollama does so: 0, or about what was added since the last request, where
+    the whole prompt was counted before. A truncating server's count stops
+    near its window instead, far above what one turn adds.
+    """
+    if prompt_tokens is None:
+        return False
+    if prompt_tokens == 0:
+        return True
+    if prev_prompt_tokens is None or prompt_tokens >= prev_prompt_tokens:
+        return False
+    return request_growth is None or prompt_tokens <= PARTIAL_GROWTH_FACTOR * request_growth + PARTIAL_SLACK
+
+
+# a count within this of one turn's growth is a count of the new part only
+PARTIAL_GROWTH_FACTOR, PARTIAL_SLACK = 2.0, 64
+
+
 def truncated(prompt_tokens: int | None, completion_tokens: int | None,
               prev_prompt_tokens: int | None, request_growth: int | None,
               window: int | None) -> bool:
@@ -134,8 +163,7 @@ def truncated(prompt_tokens: int | None, completion_tokens: int | None,
         if (request_growth is not None and request_growth >= TRUNCATION_MIN_GROWTH
                 and grew < TRUNCATION_GROWTH_SHARE * request_growth):
             return True
-    return bool(window and completion_tokens is not None
-                and prompt_tokens + completion_tokens >= window)
+    return window_full(prompt_tokens, completion_tokens, window)
 
 
 def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
@@ -157,17 +185,17 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
 CEILING_KINDS = {"context_overflow", "timeout", "empty"}
 
 
-def summarize(rows: list[dict]) -> dict:
+def summarize(rows: list[Metrics]) -> dict:
     """Aggregate one run's metrics records."""
-    ok = [r for r in rows if r["status"] == "ok"]
-    ttft = [r["ttft_s"] for r in ok if r.get("ttft_s") is not None]
-    tps = [r["decode_tps"] for r in ok if r.get("decode_tps") is not None]
-    ctx = [r["context_tokens"] for r in rows if r.get("context_tokens") is not None]
+    ok = [r for r in rows if r.status == "ok"]
+    ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
+    tps = [r.decode_tps for r in ok if r.decode_tps is not None]
+    ctx = [r.context_tokens for r in rows if r.context_tokens is not None]
     return {
         "turns": len(rows), "ok": len(ok),
-        "errors": sum(1 for r in rows if r["status"] == "error"),
-        "interrupted": sum(1 for r in rows if r["status"] == "interrupted"),
-        "truncated": sum(1 for r in rows if r.get("truncated")),
+        "errors": sum(1 for r in rows if r.status == "error"),
+        "interrupted": sum(1 for r in rows if r.status == "interrupted"),
+        "truncated": sum(1 for r in rows if r.truncated),
         "ttft_mean_s": r6(mean(ttft)), "ttft_p50_s": r6(percentile(ttft, 50)),
         "ttft_p95_s": r6(percentile(ttft, 95)),
         "decode_tps_mean": r3(mean(tps)),
@@ -177,7 +205,7 @@ def summarize(rows: list[dict]) -> dict:
         "cached_tokens_total": _total(rows, "cached_tokens"),
         "cache_hit_ratio": r3(_ratio(_total(rows, "cached_tokens"), _total(rows, "prompt_tokens"))),
         "max_context_tokens": max(ctx) if ctx else None,
-        "duration_s": r6(sum(r.get("e2e_s") or r.get("ttft_s") or 0.0 for r in rows)),
+        "duration_s": r6(sum(r.e2e_s or r.ttft_s or 0.0 for r in rows)),
         **degradation(ok),
     }
 
@@ -187,16 +215,16 @@ def _ratio(a, b) -> float | None:
 
 
 def _total(rows, key) -> int | None:
-    vals = [r[key] for r in rows if r.get(key) is not None]
+    vals = [getattr(r, key) for r in rows if getattr(r, key) is not None]
     return sum(vals) if vals else None
 
 
-def degradation(ok: list[dict]) -> dict:
+def degradation(ok: list[Metrics]) -> dict:
     """How speed changes as the context grows."""
-    pts = [(r["context_tokens"], r["ttft_s"]) for r in ok
-           if r.get("context_tokens") is not None and r.get("ttft_s") is not None]
+    pts = [(r.context_tokens, r.ttft_s) for r in ok
+           if r.context_tokens is not None and r.ttft_s is not None]
     k = slope([p[0] for p in pts], [p[1] for p in pts])
-    tps = [(r.get("context_tokens"), r["decode_tps"]) for r in ok if r.get("decode_tps")]
+    tps = [(r.context_tokens, r.decode_tps) for r in ok if r.decode_tps]
     start = mean([t for _, t in tps[:3]]) if tps else None
     end = mean([t for _, t in tps[-3:]]) if tps else None
     half = next((c for c, t in tps if start and t < start / 2), None)
@@ -206,67 +234,73 @@ def degradation(ok: list[dict]) -> dict:
             "decode_half_speed_at_context_tokens": half}
 
 
-def reasoning_summary(rows: list[dict]) -> dict:
-    ok = [r for r in rows if r["status"] == "ok"]
-    with_r = [r for r in ok if r.get("has_reasoning")]
+def reasoning_summary(rows: list[Metrics]) -> dict:
+    ok = [r for r in rows if r.status == "ok"]
+    with_r = [r for r in ok if r.has_reasoning]
     return {
         "by_tier": {t["tier"]: t["reasoning_token_share"] for t in by_tier(rows)},
         "turns_with_reasoning": len(with_r),
         "share": r3(len(with_r) / len(ok)) if ok else None,
-        "reasoning_tokens_mean": r3(mean([r["reasoning_tokens"] for r in with_r
-                                          if r.get("reasoning_tokens") is not None])),
-        "reasoning_s_mean": r6(mean([r["reasoning_s"] for r in with_r
-                                     if r.get("reasoning_s") is not None])),
+        "reasoning_tokens_mean": r3(mean([r.reasoning_tokens for r in with_r
+                                          if r.reasoning_tokens is not None])),
+        "reasoning_s_mean": r6(mean([r.reasoning_s for r in with_r
+                                     if r.reasoning_s is not None])),
     }
 
 
-def ceiling(rows: list[dict]) -> dict | None:
+def ceiling(rows: list[Metrics], window: int | None = None, estimated: bool = False) -> dict | None:
     """The first turn where the context broke: an overflow, a stall, a silent truncation.
 
+    Its size is in the unit of the run's other context figures: the server's
+    counts, or, `estimated`, the client's cl100k counts; never a mix. An
+    overflow of a known window whose own size is not known is "over the window".
     Other failures (a refused connection, an HTTP 500) say nothing about the
     context and are counted in the summary, not here.
     """
     last_ok = None
     for r in rows:
-        failed = r["status"] == "error" and r.get("error_kind") in CEILING_KINDS
-        if failed or r.get("truncated"):
-            ctx = r.get("context_tokens") or r.get("prompt_tokens") or r.get("conversation_tokens")
-            return {"turn": r["turn"], "context_tokens": ctx,
-                    "reason": "truncation" if not failed else r.get("error_kind"),
-                    "last_ok_context_tokens": last_ok}
-        if r["status"] == "ok" and r.get("context_tokens") is not None:
-            last_ok = r["context_tokens"]
+        failed = r.status == "error" and r.error_kind in CEILING_KINDS
+        if failed or r.truncated:
+            ctx = r.context_tokens
+            if ctx is None and not estimated and r.prompt_tokens_source == "server":
+                ctx = r.prompt_tokens
+            over = window if failed and r.error_kind == "context_overflow" else None
+            return {"turn": r.turn, "context_tokens": ctx,
+                    "reason": "truncation" if not failed else r.error_kind,
+                    "last_ok_context_tokens": last_ok, "over_window_tokens": over}
+        if r.status == "ok" and r.context_tokens is not None:
+            last_ok = r.context_tokens
     return None
 
 
-def by_tier(rows: list[dict]) -> list[dict]:
+def by_tier(rows: list[Metrics]) -> list[dict]:
     """Per tier, in conversation order: speed and reasoning share."""
-    tiers: dict[str, list[dict]] = {}
+    tiers: dict[str, list[Metrics]] = {}
     for r in rows:
-        tiers.setdefault(r.get("tier") or "?", []).append(r)
+        tiers.setdefault(r.tier or "?", []).append(r)
     out = []
     for tier, rs in tiers.items():
-        ok = [r for r in rs if r["status"] == "ok"]
+        ok = [r for r in rs if r.status == "ok"]
         reasoning = _total(ok, "reasoning_tokens")
         completion = _total(ok, "completion_tokens")
         out.append({
             "tier": tier, "turns": len(rs), "ok": len(ok),
-            "ttft_mean_s": r6(mean([r["ttft_s"] for r in ok if r.get("ttft_s") is not None])),
-            "decode_tps_mean": r3(mean([r["decode_tps"] for r in ok if r.get("decode_tps")])),
-            "max_context_tokens": max((r["context_tokens"] for r in rs
-                                       if r.get("context_tokens") is not None), default=None),
-            "reasoning_turn_share": r3(sum(1 for r in ok if r.get("has_reasoning")) / len(ok)) if ok else None,
+            "ttft_mean_s": r6(mean([r.ttft_s for r in ok if r.ttft_s is not None])),
+            "decode_tps_mean": r3(mean([r.decode_tps for r in ok if r.decode_tps])),
+            "max_context_tokens": max((r.context_tokens for r in rs
+                                       if r.context_tokens is not None), default=None),
+            "reasoning_turn_share": r3(sum(1 for r in ok if r.has_reasoning) / len(ok)) if ok else None,
             "reasoning_token_share": r3(_ratio(reasoning, completion)),
         })
     return out
 
 
-def memory(rows: list[dict], recalls: list[dict], window: int | None) -> dict | None:
+def memory(rows: list[Metrics], recalls: list[Recall], window: int | None) -> dict | None:
     """Recall of planted facts, the rule, and degeneration, against context size."""
-    ok = [r for r in rows if r["status"] == "ok"]
-    ruled = [r for r in ok if r.get("rule_kept") is not None]
-    broken = next((r for r in ruled if not r["rule_kept"]), None)
-    repeat = [r["repeat_3gram_ratio"] for r in ok if r.get("repeat_3gram_ratio") is not None]
+    ok = [r for r in rows if r.status == "ok"]
+    ruled = [r for r in ok if r.rule_kept is not None]
+    broken = next((r for r in ruled if not r.rule_kept), None)
+    repeat = [r.repeat_3gram_ratio for r in ok if r.repeat_3gram_ratio is not None]
     if not recalls and not ruled:
         return None
     rs = rounds(recalls)
@@ -278,11 +312,11 @@ def memory(rows: list[dict], recalls: list[dict], window: int | None) -> dict | 
         "effective_context_tokens": effective_context(rs, 0.9) if rs else None,
         "effective_context_relative_tokens": effective_context(rs, 0.85 * first) if first else None,
         "advertised_window_tokens": window,
-        "rule_kept_turns": sum(1 for r in ruled if r["rule_kept"]) if ruled else None,
+        "rule_kept_turns": sum(1 for r in ruled if r.rule_kept) if ruled else None,
         "rule_checked_turns": len(ruled) if ruled else None,
         "rule_first_broken": None if broken is None else
-        {"turn": broken["turn"], "context_tokens": broken.get("context_tokens")},
+        {"turn": broken.turn, "context_tokens": broken.context_tokens},
         "repeat_3gram_ratio_mean": r3(mean(repeat)),
-        "empty_answers": sum(1 for r in ok if r.get("empty_answer")),
-        "hit_max_tokens": sum(1 for r in ok if r.get("hit_max_tokens")),
+        "empty_answers": sum(1 for r in ok if r.empty_answer),
+        "hit_max_tokens": sum(1 for r in ok if r.hit_max_tokens),
     }

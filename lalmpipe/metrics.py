@@ -19,11 +19,12 @@ import re
 from typing import Iterable, Iterator
 
 from . import measure, recall, tokens
-from .jsonl import (ExitCode, InputError, RecordWriter, add_common_args, add_input_args, load_as,
-                    new_parser, read_records, run_command)
+from .jsonl import (ExitCode, InputError, RecordWriter, add_common_args, add_input_args, new_parser,
+                    read_records, run_command)
 from .measure import r3, r6
 from .reasoning import read_stream
-from .records import STATUS_OK, Metrics, Probe, Recall, Run, Turn
+from .outcome import context_tokens
+from .records import DEFAULT_SETTINGS, STATUS_OK, Metrics, Probe, Recall, Run, Turn
 
 PROG = "lalm-metrics"
 
@@ -31,56 +32,59 @@ PROG = "lalm-metrics"
 class Conversation:
     """Client-side token count of what each request carried."""
 
-    def __init__(self, run: dict | None):
-        params = (run or {}).get("params") or {}
-        self.keep_reasoning = bool(params.get("keep_reasoning"))
-        self.window = ((run or {}).get("server") or {}).get("context_window")
-        rule = params.get("rule") or {}
+    def __init__(self, run: Run | None):
+        settings = run.settings if run else DEFAULT_SETTINGS
+        self.keep_reasoning = settings.keep_reasoning
+        self.window = run.context_window if run else None
+        rule = settings.rule or {}
         try:
             self.rule_check = re.compile(rule["check"]) if rule.get("check") else None
         except (re.error, TypeError) as e:
-            raise ValueError(f"run record: params.rule.check is not a regular expression ({e})") from None
+            raise ValueError(f"run record: settings.rule.check is not a regular expression ({e})") from None
         # the standing rule rides with the first question
-        self.history_tokens = _add(_count(params.get("system") or ""), _count(rule.get("text") or ""))
-        self.prev_prompt_tokens: int | None = None
+        self.history_tokens = _add(_count(settings.system or ""), _count(rule.get("text") or ""))
+        self.prev_prompt_tokens: int | None = None     # the last whole prompt the server counted
         self.prev_request_tokens: int | None = None
 
-    def measure(self, turn: Turn) -> dict:
-        request_tokens = _add(self.history_tokens, _count(turn.prompt.get("text", "")))
+    def measure(self, turn: Turn) -> Metrics:
+        request_tokens = _add(self.history_tokens, _count(turn.prompt.text))
         view = read_stream(turn.chunks)
         # each text is counted once: tiktoken is the costly part of a turn
         content_n, reasoning_n = _count(view.content), _count(view.reasoning)
         row = _metrics(turn, view, self, request_tokens, content_n, reasoning_n)
-        row.update(_answer_signals(turn, view, self.rule_check))
+        _answer_signals(row, turn, view, self.rule_check)
         if turn.status == STATUS_OK:
             answer = _add(content_n, reasoning_n) if self.keep_reasoning else content_n
             self.history_tokens = _add(request_tokens, answer)
-            if row["prompt_tokens"] is not None:
-                self.prev_prompt_tokens = row["prompt_tokens"]
-                self.prev_request_tokens = request_tokens
+            if row.prompt_tokens_source == SERVER:
+                self.prev_prompt_tokens = row.prompt_tokens
+            self.prev_request_tokens = request_tokens
         return row
 
-    def score(self, probe: Probe) -> dict:
+    def score(self, probe: Probe) -> Recall:
         """Score a forked probe: the right number in the answer?"""
         view = read_stream(probe.chunks)
         times = measure.timing(view)
         usage = view.usage or {}
-        ok = probe.status == STATUS_OK
-        return Recall(run_id=probe.run_id, after_turn=probe.after_turn, fact_id=probe.fact.get("id"),
-                      expected=probe.fact.get("answer", ""), answer=view.content,
-                      correct=ok and recall.correct(view.content, probe.fact.get("answer", "")),
+        p = usage.get("prompt_tokens")
+        partial = measure.partial_prompt_count(p, None, self.prev_prompt_tokens)
+        asked = _add(self.history_tokens, _count(probe.fact.question))
+        return Recall(run_id=probe.run_id, after_turn=probe.after_turn, fact_id=probe.fact.id,
+                      expected=probe.fact.answer, answer=view.content,
+                      correct=probe.status == STATUS_OK and recall.correct(view.content, probe.fact.answer),
                       status=probe.status,
-                      context_tokens=_add(usage.get("prompt_tokens"), usage.get("completion_tokens")),
-                      ttft_s=r6(times["ttft_s"]), e2e_s=r6(times["e2e_s"])).to_dict()
+                      context_tokens=None if partial else context_tokens(p, usage.get("completion_tokens")),
+                      ttft_s=r6(times["ttft_s"]), e2e_s=r6(times["e2e_s"]),
+                      context_tokens_est=_add(asked, _count(view.content)))
 
 
-def _answer_signals(turn: Turn, view, rule_check) -> dict:
+def _answer_signals(row: Metrics, turn: Turn, view, rule_check) -> None:
     """Signs of degeneration, and whether the standing rule still holds."""
     ok = turn.status == STATUS_OK
-    return {"repeat_3gram_ratio": recall.repeat_ngram_ratio(view.content) if ok else None,
-            "empty_answer": ok and not view.content,
-            "hit_max_tokens": view.finish_reason == "length",
-            "rule_kept": bool(rule_check.search(view.content)) if ok and rule_check else None}
+    row.repeat_3gram_ratio = recall.repeat_ngram_ratio(view.content) if ok else None
+    row.empty_answer = ok and not view.content
+    row.hit_max_tokens = view.finish_reason == "length"
+    row.rule_kept = bool(rule_check.search(view.content)) if ok and rule_check else None
 
 
 def _count(text: str) -> int | None:
@@ -91,21 +95,25 @@ def _add(a: int | None, b: int | None) -> int | None:
     return None if a is None or b is None else a + b
 
 
+SERVER, UNCACHED = "server", "server-uncached"
+
+
 def _metrics(turn: Turn, view, conv: Conversation, request_tokens: int | None,
-             content_n: int | None, reasoning_n: int | None) -> dict:
+             content_n: int | None, reasoning_n: int | None) -> Metrics:
     times = measure.timing(view)
     counts = measure.token_counts(view.usage, reasoning_n, content_n)
     n_gen = measure.generated_tokens(counts, len(view.tokens))
     cached = measure.cached_tokens(view.usage, view.timings)
     if counts["prompt_tokens"] is None and turn.error:
-        counts["prompt_tokens"] = measure.overflow_prompt_tokens(turn.error.get("body"))
+        counts["prompt_tokens"] = measure.overflow_prompt_tokens(turn.error.body)
     p, c = counts["prompt_tokens"], counts["completion_tokens"]
     growth = None if conv.prev_request_tokens is None or request_tokens is None \
         else request_tokens - conv.prev_request_tokens
-    error = turn.error or {}
+    partial = measure.partial_prompt_count(p, growth, conv.prev_prompt_tokens)
+    error = turn.error
     return Metrics(
-        run_id=turn.run_id, turn=turn.turn, prompt_id=turn.prompt.get("id"),
-        tier=turn.prompt.get("tier"), status=turn.status, error_kind=error.get("kind"),
+        run_id=turn.run_id, turn=turn.turn, prompt_id=turn.prompt.id,
+        tier=turn.prompt.tier, status=turn.status, error_kind=error.kind if error else None,
         finish_reason=view.finish_reason,
         ttft_s=r6(times["ttft_s"]), ttft_content_s=r6(times["ttft_content_s"]),
         e2e_s=r6(times["e2e_s"]),
@@ -116,31 +124,32 @@ def _metrics(turn: Turn, view, conv: Conversation, request_tokens: int | None,
         has_reasoning=bool(view.reasoning), reasoning_s=r6(times["reasoning_s"]),
         cached_tokens=cached,
         prefill_tps=r3(measure.prefill_tps(p, cached, times["ttft_s"])),
-        context_tokens=_add(p, c),
+        context_tokens=None if partial else context_tokens(p, c),
         conversation_tokens=_add(request_tokens, content_n),
-        truncated=measure.truncated(p, c, conv.prev_prompt_tokens, growth, conv.window),
+        truncated=not partial and measure.truncated(p, c, conv.prev_prompt_tokens, growth, conv.window),
         server_timings=view.timings,
-    ).to_dict()
+        prompt_tokens_source=None if p is None else UNCACHED if partial else SERVER,
+        context_tokens_est=_add(request_tokens, _add(reasoning_n, content_n)),
+    )
 
 
-def derive(records: Iterable[tuple[str, int, dict]]) -> Iterator[dict]:
+def derive(records: Iterable) -> Iterator:
     """Yield the run records and one metrics record per turn, in order."""
     conv = Conversation(None)
-    for source, line, rec in records:
-        kind = rec["kind"]
-        if kind == "run":
-            load_as(Run, source, line, rec)
+    for item in records:
+        rec = item.record
+        if isinstance(rec, Run):
             try:
                 conv = Conversation(rec)
-            except (ValueError, AttributeError, TypeError) as e:
-                raise InputError(f"{source}:{line}: {e}") from None
-            yield rec
-        elif kind == "turn":
-            yield conv.measure(load_as(Turn, source, line, rec))
-        elif kind == "probe":
-            yield conv.score(load_as(Probe, source, line, rec))
+            except ValueError as e:
+                raise InputError(f"{item.source}:{item.lineno}: {e}") from None
+            yield item.raw
+        elif isinstance(rec, Turn):
+            yield conv.measure(rec)
+        elif isinstance(rec, Probe):
+            yield conv.score(rec)
         else:
-            yield rec
+            yield item.raw
 
 
 def build_parser() -> argparse.ArgumentParser:

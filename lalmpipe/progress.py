@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 
 from . import measure
+from .outcome import context_tokens
+from .records import STATUS_OK
 
 REFRESH_NS = 100_000_000   # redraw the live counter at most ten times a second
 
@@ -44,7 +46,7 @@ class Progress:
             self._drawn_ns = t_ns
             self._write(f"\r\x1b[K{self._label} {n_events} chunks, {t_ns / 1e9:.1f} s")
 
-    def end_turn(self, record: dict, view) -> None:
+    def end_turn(self, record, view) -> None:
         self._done += 1
         if self.live:
             self._write(f"\r\x1b[K{turn_line(record, view, self.total)}{self._left()}\n")
@@ -64,14 +66,14 @@ class Progress:
         self.stderr.flush()
 
 
-def turn_line(record: dict, view, total: int | None) -> str:
+def turn_line(record, view, total: int | None) -> str:
     """One finished turn, in a line."""
     of = f"/{total}" if total else ""
-    head = f"turn {record['turn']}{of} [{record['prompt']['tier']}]"
-    if record["status"] != "ok":
-        return f"{head} {record['status']}: {(record['error'] or {}).get('kind')}"
+    head = f"turn {record.turn}{of} [{record.prompt.tier}]"
+    if record.status != STATUS_OK:
+        return f"{head} {record.status}: {record.error.kind if record.error else '?'}"
     usage = view.usage or {}
-    ctx = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
+    ctx = context_tokens(usage.get("prompt_tokens"), usage.get("completion_tokens"))
     times = [t for t, _, _ in view.tokens]
     n = usage.get("completion_tokens") or len(times)
     tps = measure.decode_tps(n, times[0], times[-1]) if times else None

@@ -12,7 +12,10 @@ import json
 import os
 import re
 
+import msgspec
+
 from .jsonl import InputError
+from .records import Fact
 
 DEFAULT_FACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              "prompts", "lalm_facts.json")
@@ -51,7 +54,10 @@ def load_facts(path: str = DEFAULT_FACTS) -> dict:
             re.compile(rule["check"])
         except (KeyError, TypeError, re.error) as e:
             raise InputError(f"{path}: rule needs 'text' and a regular expression 'check' ({e})") from None
-    return doc
+    try:
+        return {"rule": rule, "facts": [msgspec.convert(f, Fact) for f in facts]}
+    except msgspec.ValidationError as e:
+        raise InputError(f"{path}: a fact: {e}") from None
 
 
 def words_to_digits(text: str) -> str:
@@ -104,17 +110,17 @@ def repeat_ngram_ratio(text: str, n: int = 3) -> float | None:
     return None if not grams else round(1 - len(set(grams)) / len(grams), 4)
 
 
-def rounds(recalls: list[dict]) -> list[dict]:
+def rounds(recalls: list) -> list[dict]:
     """Group recall records by the turn they followed: score and context per round."""
-    by_turn: dict[int, list[dict]] = {}
+    by_turn: dict[int, list] = {}
     for r in recalls:
-        by_turn.setdefault(r["after_turn"], []).append(r)
+        by_turn.setdefault(r.after_turn, []).append(r)
     out = []
     for turn in sorted(by_turn):
         rs = by_turn[turn]
-        ctx = [r["context_tokens"] for r in rs if r.get("context_tokens") is not None]
+        ctx = [r.context_tokens for r in rs if r.context_tokens is not None]
         out.append({"after_turn": turn, "probes": len(rs),
-                    "recall": round(sum(bool(r["correct"]) for r in rs) / len(rs), 4),
+                    "recall": round(sum(bool(r.correct) for r in rs) / len(rs), 4),
                     "context_tokens": max(ctx) if ctx else None})
     return out
 

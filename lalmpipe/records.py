@@ -1,107 +1,142 @@
 """Define the record kinds that stages exchange, in one place.
 
-Field names are a public contract (DESIGN.md): add fields freely, never rename
-one or change its meaning without bumping SCHEMA_VERSION. Unknown fields are
-kept in ``extra`` and written back untouched.
+Field names are a public contract (README): add fields freely, never rename
+one or change its meaning without bumping SCHEMA_VERSION. Records are msgspec
+Structs: checked once when read, then passed on as typed objects. A stage that
+forwards a record untouched writes the line it read, unknown fields and all.
+
+Schema versions: 2 split the run record's `params` (what each request
+carried) from `settings` (the client's own: retries, timeouts, probes, ...);
+version 1 recordings are still read.
 """
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields
-from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-SCHEMA_VERSION = 1
+import msgspec
+
+SCHEMA_VERSION = 2
 
 TIERS = ("foundations", "intermediate", "advanced", "expert", "obscure", "ultra-deep")
 
 STATUS_OK, STATUS_ERROR, STATUS_INTERRUPTED = "ok", "error", "interrupted"
+STATUSES = (STATUS_OK, STATUS_ERROR, STATUS_INTERRUPTED)
 
 ERROR_KINDS = ("context_overflow", "http", "connection", "timeout", "stream",
                "empty", "interrupted")
+
+Status = Literal[STATUSES]
+ErrorKind = Literal[ERROR_KINDS]
 
 
 class RecordError(ValueError):
     """A record that cannot be read: wrong shape, missing field, newer schema."""
 
 
-@dataclass(kw_only=True)
-class Record:
+class Struct(msgspec.Struct, kw_only=True):
+    """A typed part of a record."""
+
+    def to_dict(self) -> dict:
+        return msgspec.to_builtins(self)
+
+
+class Record(Struct):
     KIND: ClassVar[str] = ""
-    extra: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Record":
-        """Build a record, checking that each known field has its type."""
+        """Build a record from a decoded line, checking every field's type."""
         check_version(d)
-        types = _field_types(cls)
-        missing = [n for n, (_, required) in types.items() if required and n not in d]
-        if missing:
-            raise RecordError(f"{cls.KIND} record without {', '.join(missing)}")
-        known = {}
-        for n, (allowed, _) in types.items():
-            if n in d:
-                v = d[n]
-                if not isinstance(v, allowed) or (isinstance(v, bool) and bool not in allowed):
-                    raise RecordError(f"{cls.KIND} record: {n} is {_json_type(v)}, not "
-                                      f"{' or '.join(_json_type(t()) for t in allowed)}")
-                known[n] = v
-        extra = {k: v for k, v in d.items() if k not in types and k not in ("kind", "v")}
-        record = cls(**known, extra=extra)
-        record.check()
-        return record
-
-    def check(self) -> None:
-        """Check what a field's type alone cannot say."""
+        try:
+            return msgspec.convert(d, cls)
+        except msgspec.ValidationError as e:
+            raise RecordError(f"{cls.KIND} record: {_plain(str(e))}") from None
 
     def to_dict(self) -> dict:
-        out: dict[str, Any] = {"kind": self.KIND, "v": SCHEMA_VERSION}
-        for n in self._names():
-            out[n] = getattr(self, n)
-        out.update(self.extra)
-        return out
+        return {"kind": self.KIND, "v": SCHEMA_VERSION, **msgspec.to_builtins(self)}
 
     @classmethod
-    def _names(cls) -> tuple[str, ...]:
-        return tuple(_field_types(cls))
+    def names(cls) -> tuple[str, ...]:
+        return cls.__struct_fields__
 
 
-TYPE_NAMES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
-              "dict": (dict,), "list": (list,), "None": (type(None),)}
+def _plain(message: str) -> str:
+    """msgspec's message in the project's words: `$.prompt` -> `prompt`."""
+    message = message.replace("Object missing required field", "missing field")
+    message = message.replace(" - at `$.", " at `").replace(" - at `$[", " at `[")
+    return message[:1].lower() + message[1:]
 
 
-@lru_cache(maxsize=None)
-def _field_types(cls) -> dict[str, tuple[tuple[type, ...], bool]]:
-    """Field name -> (allowed Python types, required), read from the annotations."""
-    out = {}
-    for f in fields(cls):
-        if f.name == "extra":
-            continue
-        allowed = tuple(t for part in str(f.type).split("|") for t in TYPE_NAMES[part.strip()])
-        out[f.name] = (allowed, f.default is MISSING and f.default_factory is MISSING)
-    return out
+class Error(Struct):
+    """Why a request failed: one of ERROR_KINDS, a message, the server's body."""
+    kind: ErrorKind
+    message: str
+    body: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in ERROR_KINDS:
+            raise ValueError(f"unknown error kind {self.kind!r} (one of {', '.join(ERROR_KINDS)})")
 
 
-def _json_type(v) -> str:
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
-            dict: "an object", list: "a list", type(None): "null"}.get(type(v), type(v).__name__)
-
-
-def _check_chunks(kind: str, chunks: list) -> None:
+def _check_chunks(chunks: list) -> None:
     for i, c in enumerate(chunks):
-        if not (isinstance(c, list) and 2 <= len(c) <= 3 and isinstance(c[0], (int, float))
-                and all(isinstance(x, str) for x in c[1:])):
-            raise RecordError(f"{kind} record: chunk {i + 1} is not [t_s, data] or [t_s, data, event]")
+        if not (type(c) is list and 2 <= len(c) <= 3 and type(c[1]) is str
+                and type(c[0]) in (float, int) and (len(c) == 2 or type(c[2]) is str)):
+            raise ValueError(f"chunk {i + 1} is not [t_s, data] or [t_s, data, event]")
 
 
-@dataclass(kw_only=True)
 class Prompt(Record):
     KIND: ClassVar[str] = "prompt"
     id: int
-    tier: str
+    tier: Literal[TIERS]
     text: str
 
+    def ref(self) -> "PromptRef":
+        return PromptRef(id=self.id, tier=self.tier, text=self.text)
 
-@dataclass(kw_only=True)
+
+class PromptRef(Struct):
+    """The prompt a turn answered, as the turn record carries it."""
+    id: int | None = None
+    tier: str | None = None
+    text: str = ""
+
+
+class Fact(Struct):
+    id: str
+    stated_in: int
+    question: str
+    answer: str
+
+
+class Settings(Struct):
+    """The client's own settings of a run (never sent to the server); the one list of them.
+
+    A resumed run goes on with the settings its run record holds.
+    """
+    system: str | None = None
+    keep_reasoning: bool = False
+    retries: int = 2
+    timeout: float | None = None
+    stall_timeout: float = 300.0
+    on_error: Literal["stop", "continue"] = "stop"
+    probe_every: int | None = None
+    probe_max_tokens: int = 64
+    rule: dict | None = None            # {text, check}
+    facts: list[Fact] | None = None     # the facts probed
+
+    @classmethod
+    def from_args(cls, args, **known) -> "Settings":
+        return cls(**{n: getattr(args, n) for n in cls.__struct_fields__ if hasattr(args, n)}, **known)
+
+    @property
+    def rule_text(self) -> str | None:
+        return (self.rule or {}).get("text")
+
+
+DEFAULT_SETTINGS = Settings()
+
+
 class Run(Record):
     KIND: ClassVar[str] = "run"
     run_id: str
@@ -109,37 +144,54 @@ class Run(Record):
     tool: dict
     base_url: str
     model: str | None
-    params: dict = field(default_factory=dict)
-    server: dict = field(default_factory=dict)
+    params: dict = {}           # what each request carried besides model, messages and stream
+    settings: Settings = msgspec.field(default_factory=Settings)
+    server: dict = {}           # what the server said about itself (serverinfo.preflight)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Run":
+        if d.get("v") == 1 and isinstance(d.get("params"), dict):
+            d = _run_from_v1(d)
+        return super().from_dict(d)
+
+    @property
+    def context_window(self) -> int | None:
+        return (self.server or {}).get("context_window")
 
 
-@dataclass(kw_only=True)
+def _run_from_v1(d: dict) -> dict:
+    """Version 1 kept the client's settings inside `params`."""
+    params = dict(d["params"])
+    settings = {n: params.pop(n) for n in Settings.__struct_fields__ if n in params}
+    settings.pop("facts", None)     # ids only: the probe records carry the facts
+    return {**d, "params": params, "settings": settings}
+
+
 class Turn(Record):
     KIND: ClassVar[str] = "turn"
     run_id: str
     turn: int
-    prompt: dict
+    prompt: PromptRef
     sent_at: str
-    status: str
+    status: Status
     http_status: int | None = None
-    error: dict | None = None
+    error: Error | None = None
     attempts: int = 1
-    chunks: list = field(default_factory=list)
+    chunks: list = []
     content: str = ""
     reasoning: str = ""
 
-    def check(self) -> None:
-        _check_chunks(self.KIND, self.chunks)
+    def __post_init__(self):
+        _check_chunks(self.chunks)
 
 
-@dataclass(kw_only=True)
 class Metrics(Record):
     KIND: ClassVar[str] = "metrics"
     run_id: str
     turn: int
     prompt_id: int | None = None
     tier: str | None = None
-    status: str = STATUS_OK
+    status: Status = STATUS_OK
     error_kind: str | None = None
     finish_reason: str | None = None
     ttft_s: float | None = None
@@ -166,27 +218,27 @@ class Metrics(Record):
     empty_answer: bool = False
     hit_max_tokens: bool = False
     rule_kept: bool | None = None
+    prompt_tokens_source: str | None = None
+    context_tokens_est: int | None = None
 
 
-@dataclass(kw_only=True)
 class Probe(Record):
     """A forked question about a planted fact, sent after a turn and not kept in the history."""
     KIND: ClassVar[str] = "probe"
     run_id: str
     after_turn: int
-    fact: dict                       # {id, question, answer, stated_in}
+    fact: Fact
     sent_at: str
-    status: str
+    status: Status
     http_status: int | None = None
-    error: dict | None = None
-    chunks: list = field(default_factory=list)
+    error: Error | None = None
+    chunks: list = []
     content: str = ""
 
-    def check(self) -> None:
-        _check_chunks(self.KIND, self.chunks)
+    def __post_init__(self):
+        _check_chunks(self.chunks)
 
 
-@dataclass(kw_only=True)
 class Recall(Record):
     """A probe scored by lalm-metrics."""
     KIND: ClassVar[str] = "recall"
@@ -196,13 +248,14 @@ class Recall(Record):
     expected: str
     answer: str
     correct: bool
-    status: str = STATUS_OK
+    status: Status = STATUS_OK
     context_tokens: int | None = None
     ttft_s: float | None = None
     e2e_s: float | None = None
+    context_tokens_est: int | None = None
 
 
-KINDS = {cls.KIND: cls for cls in (Prompt, Run, Turn, Metrics, Probe, Recall)}
+KINDS: dict[str, type[Record]] = {cls.KIND: cls for cls in (Prompt, Run, Turn, Metrics, Probe, Recall)}
 
 
 def check_version(d: dict) -> None:
@@ -215,6 +268,6 @@ def check_version(d: dict) -> None:
                           f"({SCHEMA_VERSION}); upgrade lalmpipe")
 
 
-def new_error(kind: str, message: str, body: str | None = None) -> dict:
-    """Build the `error` object of a failed turn."""
-    return {"kind": kind, "message": message, "body": body}
+def as_record(obj: Any) -> dict:
+    """A record object or an already decoded line, as the dict to write."""
+    return obj.to_dict() if isinstance(obj, Record) else obj

@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .jsonl import (ExitCode, InputError, UsageError, add_common_args, load_as, new_parser,
+from .jsonl import (ExitCode, InputError, UsageError, add_common_args, new_parser,
                     read_records, run_command)
-from .records import Turn
+from .records import Run, Turn
 from .sse import encode_event
 
 PROG = "lalm-replay"
@@ -50,15 +50,15 @@ class Script:
 
 def script_from_turn(turn: Turn) -> Script:
     """Turn a recorded turn back into what the server sent."""
-    error = turn.error or {}
+    error = turn.error
     if turn.http_status and turn.http_status != 200:
-        body = (error.get("body") or json.dumps({"error": {"message": error.get("message")}}))
+        body = (error and error.body) or json.dumps({"error": {"message": error and error.message}})
         return Script(status=turn.http_status, body=body.encode("utf-8"),
                       headers={"Content-Type": "application/json"})
     if turn.http_status is None:
         return Script(end="reset")
     events = [(c[0], encode_event(c[1], c[2] if len(c) > 2 else "message")) for c in turn.chunks]
-    cut = error.get("kind") in ("stream", "interrupted", "timeout")
+    cut = error is not None and error.kind in ("stream", "interrupted", "timeout")
     return Script(events=events, end="cut" if cut else "close")
 
 
@@ -213,21 +213,21 @@ class Replayer:
         users = [m for m in body.get("messages") or [] if m.get("role") == "user"]
         sent = users[-1].get("content") if users else ""
         # a standing rule may ride in front of the first prompt
-        if not str(sent).endswith(turn.prompt.get("text") or "\0"):
+        if not str(sent).endswith(turn.prompt.text or "\0"):
             print(f"{PROG}: request {index + 1}: last user message is not the recorded "
-                  f"prompt {turn.prompt.get('id')} (replaying turn {turn.turn} anyway)",
+                  f"prompt {turn.prompt.id} (replaying turn {turn.turn} anyway)",
                   file=self.stderr, flush=True)
         return script_from_turn(turn)
 
 
 def load_turns(inputs, stdin) -> tuple[list[Turn], str | None]:
     turns, model = [], None
-    for source, line, rec in read_records(inputs, stdin, consumes={"turn", "run"},
-                                          passes={"prompt", "metrics", "probe"}):
-        if rec["kind"] == "run":
-            model = model or rec.get("model")
-        elif rec["kind"] == "turn":
-            turns.append(load_as(Turn, source, line, rec))
+    for item in read_records(inputs, stdin, consumes={"turn", "run"},
+                             passes={"prompt", "metrics", "probe"}):
+        if isinstance(item.record, Run):
+            model = model or item.record.model
+        elif isinstance(item.record, Turn):
+            turns.append(item.record)
     if not turns:
         raise InputError(f"{inputs[0] if inputs else 'stdin'}: no turn records to replay")
     return turns, model

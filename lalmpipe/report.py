@@ -16,10 +16,12 @@ import argparse
 import csv
 import json
 
+import msgspec
+
 from . import measure
-from .jsonl import (ExitCode, InputError, add_common_args, add_input_args, load_as, new_parser,
+from .jsonl import (ExitCode, InputError, add_common_args, add_input_args, new_parser,
                     read_records, run_command)
-from .records import Metrics, Recall, Run
+from .records import Metrics, Run
 
 PROG = "lalm-report"
 COLUMNS = ("turn", "tier", "status", "context_tokens", "ttft_s", "prefill_tps", "decode_tps",
@@ -29,27 +31,39 @@ COLUMNS = ("turn", "tier", "status", "context_tokens", "ttft_s", "prefill_tps", 
 def collect(records) -> list[dict]:
     """Group records into runs: [{run, rows, recalls}] in the order they appear."""
     runs: dict[str, dict] = {}
-    for source, line, rec in records:
-        if rec["kind"] in KINDS_READ:
-            load_as(KINDS_READ[rec["kind"]], source, line, rec)
-        if rec["kind"] == "run":
-            runs.setdefault(rec["run_id"], {"run": rec, "rows": [], "recalls": []})["run"] = rec
-        elif rec["kind"] in ("metrics", "recall"):
-            group = runs.setdefault(rec["run_id"], {"run": None, "rows": [], "recalls": []})
-            group["rows" if rec["kind"] == "metrics" else "recalls"].append(rec)
+    for item in records:
+        rec = item.record
+        if rec is None:
+            continue
+        group = runs.setdefault(rec.run_id, {"run": None, "rows": [], "recalls": []})
+        if isinstance(rec, Run):
+            group["run"] = rec
+        else:
+            group["rows" if isinstance(rec, Metrics) else "recalls"].append(rec)
     return list(runs.values())
 
 
-KINDS_READ = {"run": Run, "metrics": Metrics, "recall": Recall}
+def in_one_unit(rows: list, estimated: bool) -> list:
+    """The rows with context sizes all in one unit: the server's counts, or the
+    client's cl100k estimates when the server did not count every turn."""
+    if not estimated:
+        return rows
+    return [msgspec.structs.replace(r, context_tokens=r.context_tokens_est) for r in rows]
 
 
 def analyse(group: dict) -> dict:
-    rows = group["rows"]
-    window = (((group["run"] or {}).get("server")) or {}).get("context_window")
-    return {"run": group["run"], "summary": measure.summarize(rows),
+    run = group["run"]
+    window = run.context_window if run else None
+    counted = [r for r in group["rows"] if r.status == "ok"]
+    estimated = any(r.context_tokens is None for r in counted)
+    rows = in_one_unit(group["rows"], estimated)
+    recalls = in_one_unit(group["recalls"], estimated)
+    summary = measure.summarize(rows)
+    summary["context_source"] = "client (cl100k estimate)" if estimated else "server"
+    return {"run": run.to_dict() if run else None, "summary": summary,
             "reasoning": measure.reasoning_summary(rows), "tiers": measure.by_tier(rows),
-            "ceiling": measure.ceiling(rows),
-            "memory": measure.memory(rows, group["recalls"], window), "turns": rows}
+            "ceiling": measure.ceiling(rows, window, estimated),
+            "memory": measure.memory(rows, recalls, window), "turns": [r.to_dict() for r in rows]}
 
 
 COMPARE = (("model", lambda r: (r["run"] or {}).get("model")),
@@ -106,7 +120,11 @@ def ceiling_sentence(report: dict) -> str:
                 c["reason"], f"the turn failed ({c['reason']})")
     last = f"; the last good turn held {_n(c['last_ok_context_tokens'])} tokens" \
         if c.get("last_ok_context_tokens") else ""
-    return f"Ceiling at turn {c['turn']}: {what} at about {_n(c['context_tokens'])} context tokens{last}."
+    over = c.get("over_window_tokens")
+    where = f"over the {over:,}-token window" if over and (c["context_tokens"] or 0) < over \
+        else f"at about {_n(c['context_tokens'])} context tokens"
+    unit = " (client estimates)" if s["context_source"] != "server" else ""
+    return f"Ceiling at turn {c['turn']}: {what} {where}{last}{unit}."
 
 
 def _n(x) -> str:
@@ -161,7 +179,9 @@ def summary_lines(report: dict) -> list[tuple[str, str]]:
         lines.append(("Reasoning", "none seen"))
     lines.append(("Turns", f"{s['turns']}: {s['ok']} ok, {s['errors']} failed, {s['truncated']} truncated"
                            + (f", {s['interrupted']} interrupted" if s["interrupted"] else "")
-                           + f"; largest context {_n(s['max_context_tokens'])} tokens"))
+                           + f"; largest context {_n(s['max_context_tokens'])} tokens"
+                           + ("" if s["context_source"] == "server"
+                              else " (the server did not count every prompt: client estimates)")))
     lines.append(("Ceiling", ceiling_sentence(report)))
     lines += memory_lines(report["memory"])
     return lines
@@ -219,7 +239,7 @@ def markdown(report: dict, plot_path: str | None = None) -> str:
 
 
 def write_csv(reports: list[dict], stream) -> None:
-    fields = ["run_id"] + [n for n in Metrics._names() if n != "run_id"]
+    fields = ["run_id"] + [n for n in Metrics.names() if n != "run_id"]
     w = csv.DictWriter(stream, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for rep in reports:

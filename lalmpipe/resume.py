@@ -6,8 +6,8 @@ import io
 import json
 import os
 
-from .jsonl import InputError, checked_records, load_as
-from .records import STATUS_OK, STATUS_INTERRUPTED, Prompt, Turn
+from .jsonl import InputError, UsageError, checked_records
+from .records import STATUS_OK, Prompt, Run, Turn
 
 
 @contextlib.contextmanager
@@ -26,19 +26,32 @@ def open_output(path: str | None, resume: bool):
 class PreviousRun:
     """The finished part of a run read back from its --output file."""
 
-    def __init__(self, run: dict, turns: list[Turn]):
+    def __init__(self, run: Run, turns: list[Turn], text: str):
         self.run = run
         self.turns = turns
+        self.text = text            # the file's records, to send down the pipeline again
+
+    def check_same(self, base_url: str, model: str | None, prompts: list[Prompt]) -> None:
+        """Refuse to go on against another server, model or prompt text: exit 2, naming it."""
+        if base_url != self.run.base_url:
+            raise UsageError(f"--resume: the run was against {self.run.base_url}, not {base_url}")
+        if model is not None and model != self.run.model:
+            raise UsageError(f"--resume: the run was with model {self.run.model!r}, not {model!r}")
+        texts = {p.id: p.text for p in prompts}
+        for t in self.turns:
+            if t.prompt.id in texts and texts[t.prompt.id] != t.prompt.text:
+                raise UsageError(f"--resume: prompt {t.prompt.id} differs from the one turn {t.turn} "
+                                 "answered; resume with the same prompts")
 
     def apply(self, prompts: list[Prompt], conversation, progress) -> tuple[list[Prompt], int]:
         """Rebuild the history; return the prompts still to do and the next turn number."""
         for t in self.turns:
             if t.status == STATUS_OK:
-                conversation.add(t.prompt["id"], t.prompt["text"], t.content, t.reasoning)
-        numbers = [t.turn for t in self.turns if t.status != STATUS_INTERRUPTED]
-        first = max(numbers, default=0) + 1
+                conversation.add(t.prompt.id, t.prompt.text, t.content, t.reasoning)
+        # every turn keeps its number, an interrupted one too: numbers stay unique
+        first = max((t.turn for t in self.turns), default=0) + 1
         todo = [p for p in prompts if p.id not in conversation.answered]
-        progress.say(f"resuming run {self.run['run_id']}: {len(conversation.answered)} turns done, "
+        progress.say(f"resuming run {self.run.run_id}: {len(conversation.answered)} turns done, "
                      f"{len(todo)} to go, from turn {first}")
         return todo, first
 
@@ -70,7 +83,7 @@ def previous_run(path: str, say) -> PreviousRun | None:
     elif whole_tail:
         with open(path, "ab") as fp:
             fp.write(b"\n")
-    return PreviousRun(run, turns)
+    return PreviousRun(run, turns, keep.decode("utf-8") + ("\n" if whole_tail else ""))
 
 
 def _is_record(line: bytes) -> bool:
@@ -80,17 +93,18 @@ def _is_record(line: bytes) -> bool:
         return False
 
 
-def _read(path: str, data: bytes) -> tuple[dict, list[Turn]]:
+def _read(path: str, data: bytes) -> tuple[Run, list[Turn]]:
     run, turns = None, []
-    for source, line, rec in checked_records(path, io.BytesIO(data), consumes={"run", "turn", "probe"}):
-        if rec["kind"] == "run":
-            if run is not None and rec["run_id"] != run["run_id"]:
-                raise InputError(f"{source}:{line}: a second run in one --output file")
+    for item in checked_records(path, io.BytesIO(data), consumes={"run", "turn"}, passes={"probe"}):
+        rec = item.record
+        if isinstance(rec, Run):
+            if run is not None and rec.run_id != run.run_id:
+                raise InputError(f"{item.source}:{item.lineno}: a second run in one --output file")
             run = rec
-        elif rec["kind"] == "turn":
+        elif isinstance(rec, Turn):
             if run is None:
-                raise InputError(f"{source}:{line}: a turn before the run record")
-            turns.append(load_as(Turn, source, line, rec))
+                raise InputError(f"{item.source}:{item.lineno}: a turn before the run record")
+            turns.append(rec)
     if run is None:
         raise InputError(f"{path}:1: no run record to resume")
     return run, turns

@@ -7,42 +7,29 @@ leaves the client rather than when the SDK starts building it.
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass, field
 
 from .sse import timed_events
 
-OVERFLOW_PATTERNS = re.compile(
-    r"exceed_context_size|exceeds the available context|context[_ ]length|"
-    r"maximum context|context window|prompt is too long|too many tokens|"
-    r"context size|n_ctx", re.IGNORECASE)
-
-TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-
 
 @dataclass
 class Attempt:
-    """What one request got back: raw chunks with times, or a failure."""
+    """What one request got back: raw chunks with times, or what went wrong.
+
+    It holds observations only; outcome.classify decides what they mean.
+    """
     http_status: int | None = None
     chunks: list = field(default_factory=list)
-    error: dict | None = None          # {kind, message, body}
+    body: str | None = None                 # the body of a non-2xx answer
+    failure: tuple[str, str] | None = None  # (kind, message), kind in outcome.FAILURES
     retry_after_s: float | None = None
-    transient: bool = False
-    interrupted: bool = False
     unanswered: bool = False           # the connection closed before any byte of an answer
 
-
-def classify_status(status: int, body: str) -> str:
-    """Name the error kind of a non-2xx answer."""
-    if status in (400, 413, 422) and OVERFLOW_PATTERNS.search(body or ""):
-        return "context_overflow"
-    return "http"
-
-
-def is_overflow_message(text: str) -> bool:
-    return bool(OVERFLOW_PATTERNS.search(text or ""))
+    @property
+    def interrupted(self) -> bool:
+        return self.failure is not None and self.failure[0] == "interrupted"
 
 
 class Transport:
@@ -96,25 +83,23 @@ class Transport:
                 att.http_status = resp.status_code
                 self._read(resp.http_response.iter_raw(), att, deadline_s, on_event)
         except KeyboardInterrupt:
-            att.interrupted = True
-            att.error = {"kind": "interrupted", "message": "interrupted by the user", "body": None}
+            att.failure = ("interrupted", "interrupted by the user")
         except openai.APIStatusError as e:
             self._status_error(e, att)
         except openai.APITimeoutError:
-            att.error = {"kind": "timeout", "message": f"no answer within {wait_s:g} s", "body": None}
+            att.failure = ("timeout", f"no answer within {wait_s:g} s")
         except openai.APIConnectionError as e:
             cause = e.__cause__ or e
-            att.error = {"kind": "connection", "message": f"{type(cause).__name__}: {cause}", "body": None}
-            att.transient = not att.chunks
+            att.failure = ("connection", f"{type(cause).__name__}: {cause}")
             # httpx's words for a kept-alive connection the server had already closed
             att.unanswered = att.http_status is None and "without sending a response" in str(cause)
         except _StreamTimeout as e:
-            att.error = {"kind": "timeout", "message": str(e), "body": None}
+            att.failure = ("timeout", str(e))
         except Exception as e:  # noqa: BLE001 - a broken stream is data, not a crash
             if "timeout" in type(e).__name__.lower():
-                att.error = {"kind": "timeout", "message": f"no bytes for {wait_s:g} s", "body": None}
+                att.failure = ("timeout", f"no bytes for {wait_s:g} s")
             else:
-                att.error = {"kind": "stream", "message": f"{type(e).__name__}: {e}", "body": None}
+                att.failure = ("stream", f"{type(e).__name__}: {e}")
         return att
 
     def _read(self, reads, att: Attempt, deadline_s: float | None, on_event) -> None:
@@ -138,15 +123,11 @@ class Transport:
                           else [round((t - t0) / 1e9, 6), data, event] for t, event, data in raw]
 
     def _status_error(self, e, att: Attempt) -> None:
-        status = e.status_code
         try:
-            body = e.response.text
+            att.body = e.response.text
         except Exception:  # noqa: BLE001 - body may be unreadable
-            body = None
-        att.http_status = status
-        att.error = {"kind": classify_status(status, body or ""),
-                     "message": _error_message(body) or f"HTTP {status}", "body": body}
-        att.transient = status in TRANSIENT_STATUS or status >= 500
+            att.body = None
+        att.http_status = e.status_code
         ra = e.response.headers.get("retry-after")
         if ra:
             try:
@@ -168,16 +149,3 @@ class Transport:
 
 class _StreamTimeout(Exception):
     pass
-
-
-def _error_message(body: str | None) -> str | None:
-    if not body:
-        return None
-    try:
-        obj = json.loads(body)
-    except ValueError:
-        return body.strip()[:300]
-    err = obj.get("error", obj) if isinstance(obj, dict) else obj
-    if isinstance(err, dict):
-        return str(err.get("message") or err)[:300]
-    return str(err)[:300]

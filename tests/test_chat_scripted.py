@@ -45,7 +45,7 @@ def test_metrics_match_the_schedule_in_every_dialect(dialect, api_key):
             assert row["completion_tokens"] == truth.completion_tokens
             assert row["context_tokens"] == truth.prompt_tokens + truth.completion_tokens
             assert row["cached_tokens"] == 40 * (row["turn"] - 1)
-        assert row["tokens_source"] == ("server" if dialect == "vllm" else "tiktoken")
+        assert row["tokens_source"] == ("server" if dialect == "vllm" else "server+tiktoken")
         if truth.reasoning_tokens:
             # 30 reasoning chunks at 100/s (+2 tag chunks inline): 0.29 s, or 0.31 s
             expected = 0.29 if dialect != "think_inline" else 0.32

@@ -88,7 +88,7 @@ RUN = '{"kind":"run","v":1,"run_id":"r","started_at":"t","tool":{},"base_url":"u
     (RUN + '{"kind":"turn","v":7,"run_id":"r"}\n', "stdin:2: schema version 7 is newer"),
     (RUN + '{"kind":"metrics","v":1}\n', "stdin:2: unexpected 'metrics' record"),
     (RUN + '{"v":1}\n', "stdin:2: not a lalmpipe record"),
-    (RUN + '{"kind":"turn","v":1,"run_id":"r"}\n', "stdin:2: turn record without turn"),
+    (RUN + '{"kind":"turn","v":1,"run_id":"r"}\n', "stdin:2: turn record: missing field `turn`"),
     (b"\x00\xff\xfe garbage\n", "stdin:1: not UTF-8 text"),
     ("", "stdin:1: empty input"),
     ("\n\n", "stdin:1: empty input"),
@@ -158,12 +158,12 @@ def test_without_an_encoding_the_server_counts_remain(monkeypatch, capsys):
     ("metrics", RUN + '{"kind":"turn","v":1,"run_id":"r","turn":1,"prompt":{},"sent_at":"t",'
                       '"status":"ok","chunks":[[0.1]]}\n', "stdin:2: turn record: chunk 1 is not [t_s, data]"),
     ("metrics", RUN + '{"kind":"turn","v":1,"run_id":"r","turn":1,"prompt":"x","sent_at":"t","status":"ok"}\n',
-     "stdin:2: turn record: prompt is a string, not an object"),
+     "stdin:2: turn record: expected `object`, got `str` at `prompt`"),
     ("metrics", RUN.replace('"model":"m"', '"model":"m","params":{"rule":{"check":"(("}}'),
-     "stdin:1: run record: params.rule.check is not a regular expression"),
+     "stdin:1: run record: settings.rule.check is not a regular expression"),
     ("report", RUN + '{"kind":"metrics","v":1,"run_id":"r","turn":1,"ttft_s":"fast"}\n',
-     "stdin:2: metrics record: ttft_s is a string, not an integer or a number or null"),
-    ("report", RUN + '{"kind":"metrics","v":1,"turn":1}\n', "stdin:2: metrics record without run_id"),
+     "stdin:2: metrics record: expected `float | null`, got `str` at `ttft_s`"),
+    ("report", RUN + '{"kind":"metrics","v":1,"turn":1}\n', "stdin:2: metrics record: missing field `run_id`"),
 ])
 def test_wrongly_typed_fields_name_source_and_line(command, stdin, message):
     ran = run_main({"metrics": metrics, "report": report}[command].main, [], stdin)

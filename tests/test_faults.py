@@ -157,7 +157,7 @@ def test_silent_truncation_is_flagged_and_is_the_ceiling(api_key):
     assert [r["truncated"] for r in rows] == [False, False, True, True]
     doc = json.loads(run_main(report.main, ["--format", "json"], out).out)
     assert doc["ceiling"] == {"turn": 3, "context_tokens": 380, "reason": "truncation",
-                              "last_ok_context_tokens": 360}
+                              "last_ok_context_tokens": 360, "over_window_tokens": None}
     text = run_main(report.main, [], out).out
     assert "Ceiling at turn 3: the server silently truncated the conversation at about 380" in text
 

@@ -4,7 +4,10 @@ import json
 import pytest
 from hypothesis import given, strategies as st
 
+import msgspec
+
 from lalmpipe import measure
+from lalmpipe.records import Metrics
 from lalmpipe.reasoning import ThinkSplitter, read_stream
 from lalmpipe.sse import encode_event, timed_events
 
@@ -47,7 +50,14 @@ def test_token_counts_prefer_the_server():
     assert measure.token_counts(usage, 99, 99) == {
         "prompt_tokens": 10, "completion_tokens": 50, "reasoning_tokens": 20,
         "content_tokens": 30, "tokens_source": "server"}
+    # only the completion count from the server: the client's split is scaled to it
     got = measure.token_counts({"prompt_tokens": 10, "completion_tokens": 50}, 18, 31)
+    assert (got["reasoning_tokens"], got["content_tokens"], got["tokens_source"]) == (18, 32, "server+tiktoken")
+    got = measure.token_counts({"completion_tokens": 100}, 30, 10)
+    assert (got["reasoning_tokens"], got["content_tokens"]) == (75, 25)
+    got = measure.token_counts({"completion_tokens": 7}, 0, 0)
+    assert (got["reasoning_tokens"], got["content_tokens"]) == (0, 7)
+    got = measure.token_counts(None, 18, 31)
     assert (got["reasoning_tokens"], got["content_tokens"], got["tokens_source"]) == (18, 31, "tiktoken")
 
 
@@ -161,22 +171,51 @@ def test_a_lone_angle_bracket_in_the_answer_is_not_reasoning():
     assert [r for _, r, _ in opened.tokens] == [True, True, False] and opened.reasoning == "hm"
 
 
+def rows_of(*dicts):
+    return [Metrics(run_id="r", turn=i, **d) for i, d in enumerate(dicts, 1)]
+
+
 def test_the_ceiling_is_the_context_breaking_not_any_failure():
-    rows = [{"turn": 1, "status": "ok", "context_tokens": 900},
-            {"turn": 2, "status": "error", "error_kind": "connection"},
-            {"turn": 3, "status": "ok", "context_tokens": 1900},
-            {"turn": 4, "status": "error", "error_kind": "http"},
-            {"turn": 5, "status": "error", "error_kind": "context_overflow", "prompt_tokens": 2100}]
+    rows = rows_of({"status": "ok", "context_tokens": 900},
+                   {"status": "error", "error_kind": "connection"},
+                   {"status": "ok", "context_tokens": 1900},
+                   {"status": "error", "error_kind": "http"},
+                   {"status": "error", "error_kind": "context_overflow", "prompt_tokens": 2100,
+                    "prompt_tokens_source": "server"})
     assert measure.ceiling(rows) == {"turn": 5, "context_tokens": 2100, "reason": "context_overflow",
-                                     "last_ok_context_tokens": 1900}
+                                     "last_ok_context_tokens": 1900, "over_window_tokens": None}
     assert measure.ceiling(rows[:4]) is None
 
 
+def test_the_ceiling_never_mixes_server_and_client_counts():
+    # a failed turn whose size only the client counted: in server units it is unknown
+    rows = rows_of({"status": "ok", "context_tokens": 400, "context_tokens_est": 380},
+                   {"status": "error", "error_kind": "context_overflow", "context_tokens_est": 482})
+    c = measure.ceiling(rows, window=512)
+    assert (c["context_tokens"], c["last_ok_context_tokens"], c["over_window_tokens"]) == (None, 400, 512)
+    # in client units (the report swaps the estimate in for every row) both sizes are estimates
+    est = [msgspec.structs.replace(r, context_tokens=r.context_tokens_est) for r in rows]
+    c = measure.ceiling(est, window=512, estimated=True)
+    assert (c["context_tokens"], c["last_ok_context_tokens"]) == (482, 380)
+
+
 def test_reasoning_share_counts_answered_turns_only():
-    rows = [{"status": "ok", "has_reasoning": True, "reasoning_tokens": 4, "reasoning_s": 0.1},
-            {"status": "error", "has_reasoning": True}, {"status": "ok", "has_reasoning": False}]
+    rows = rows_of({"status": "ok", "has_reasoning": True, "reasoning_tokens": 4, "reasoning_s": 0.1},
+                   {"status": "error", "has_reasoning": True}, {"status": "ok", "has_reasoning": False})
     s = measure.reasoning_summary(rows)
     assert (s["turns_with_reasoning"], s["share"]) == (1, 0.5)
+
+
+@pytest.mark.parametrize("prompt, growth, prev, partial", [
+    (0, 60, 900, True),           # Ollama: the whole prompt came from its cache
+    (75, 60, 900, True),          # only what was added since the last request
+    (None, 60, 900, False),
+    (950, 60, 900, False),        # the whole prompt, grown
+    (2040, 60, 2048, False),      # a truncating server: stuck near its window, not one turn's growth
+    (120, 60, None, False),       # nothing to compare with on the first turn
+])
+def test_a_count_of_the_uncached_part_only_is_not_a_truncation(prompt, growth, prev, partial):
+    assert measure.partial_prompt_count(prompt, growth, prev) is partial
 
 
 def test_overflow_bodies_give_the_prompt_size():

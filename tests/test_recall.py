@@ -43,7 +43,7 @@ def test_shipped_facts_are_stated_in_their_prompts():
     doc = load_facts(DEFAULT_FACTS)
     assert len(doc["facts"]) >= 8
     for fact in doc["facts"]:
-        assert recall.correct(texts[fact["stated_in"]], fact["answer"]), fact["id"]
+        assert recall.correct(texts[fact.stated_in], fact.answer), fact.id
     assert doc["rule"]["text"] and doc["rule"]["check"]
 
 

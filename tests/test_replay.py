@@ -112,7 +112,8 @@ def test_replay_help_and_bad_recording(tmp_path):
                        capture_output=True, text=True)
     assert p.returncode == 0 and "lalm-replay" in p.stdout and "--speed" in p.stdout
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"kind":"run","v":1}\nnot json\n')
+    bad.write_text('{"kind":"run","v":1,"run_id":"r","started_at":"t","tool":{},"base_url":"u","model":"m"}'
+                   '\nnot json\n')
     p = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "lalm-replay"), str(bad)],
                        capture_output=True, text=True)
     assert p.returncode == 1 and p.stderr == f"lalm-replay: error: {bad}:2: invalid JSON\n"

@@ -7,14 +7,14 @@ import pytest
 
 from conftest import prompts_jsonl, run_main
 from lalmpipe import chat, measure, metrics, report
+from lalmpipe.records import Metrics
 from regen_golden import FIXTURES
 
 
 def row(turn, ctx, ttft, tps, tier="foundations", reasoning=0, completion=100, status="ok"):
-    return {"kind": "metrics", "v": 1, "run_id": "r", "turn": turn, "tier": tier, "status": status,
-            "context_tokens": ctx, "ttft_s": ttft, "decode_tps": tps, "reasoning_tokens": reasoning,
-            "completion_tokens": completion, "has_reasoning": reasoning > 0, "prompt_tokens": ctx - completion,
-            "truncated": False}
+    return Metrics(run_id="r", turn=turn, tier=tier, status=status, context_tokens=ctx, ttft_s=ttft,
+                   decode_tps=tps, reasoning_tokens=reasoning, completion_tokens=completion,
+                   has_reasoning=reasoning > 0, prompt_tokens=ctx - completion, truncated=False)
 
 
 ROWS = [row(1, 1000, 0.2, 100.0), row(2, 2000, 0.4, 90.0), row(3, 3000, 0.6, 80.0, "expert", 50),

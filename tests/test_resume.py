@@ -1,5 +1,6 @@
 """Nothing lost: --output keeps every finished turn on disk; kill -9, SIGTERM and
 --resume leave one successful turn per prompt, in order, with the full history."""
+import io
 import json
 import os
 import signal
@@ -7,8 +8,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import ROOT, prompts_jsonl, run_main
-from lalmpipe import chat
+from lalmpipe import chat, metrics
+from lalmpipe.replay import Script
 from scripted import ForkedServer, stream
 
 PROMPTS = [f"question number {i}" for i in range(1, 7)]
@@ -47,7 +51,8 @@ def check_complete(path, requests):
     assert recs[0]["kind"] == "run" and sum(r["kind"] == "run" for r in recs) == 1
     ok = [r for r in recs if r["kind"] == "turn" and r["status"] == "ok"]
     assert [t["prompt"]["id"] for t in ok] == list(range(1, 7))
-    assert [t["turn"] for t in ok] == list(range(1, 7))
+    numbers = [r["turn"] for r in recs if r["kind"] == "turn"]
+    assert numbers == list(range(1, len(numbers) + 1))      # unique, an interrupted turn's too
     # the last request carried the whole history: five questions with their answers
     last = requests[-1]["body"]["messages"]
     assert [m["content"] for m in last if m["role"] == "user"] == PROMPTS
@@ -163,3 +168,120 @@ def test_resume_sends_what_the_run_recorded_not_todays_flags(tmp_path, api_key):
     assert later["temperature"] == 0 and later["top_k"] == 5
     check = [m["content"] for m in requests[-1]["body"]["messages"] if m["role"] == "user"]
     assert check == PROMPTS
+
+
+def test_resume_in_a_pipeline_gives_the_metrics_of_the_file(tmp_path, api_key):
+    out = tmp_path / "run.jsonl"
+    answers = [stream("plain", n_content=5 + i, ttft_s=0.01, prompt_tokens=40 * (i + 1))[0] for i in range(6)]
+    with ForkedServer(lambda i, b: answers[i]) as srv:
+        args = ["--base-url", srv.base_url, "--model", "m", "-q", "--output", str(out)]
+        first = run_main(chat.main, args + ["--num-rounds", "2"], prompts_jsonl(PROMPTS))
+        piped = run_main(chat.main, args + ["--resume"], prompts_jsonl(PROMPTS))
+    assert first.code == 0 and piped.code == 0, piped.err
+    from_pipe = run_main(metrics.main, [], piped.out).records
+    from_file = run_main(metrics.main, [str(out)]).records
+    assert [r["turn"] for r in from_pipe if r["kind"] == "metrics"] == [1, 2, 3, 4, 5, 6]
+    assert from_pipe == from_file
+    assert from_pipe[3]["conversation_tokens"] > from_pipe[2]["conversation_tokens"] > 0
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--model", "other"], "--resume: the run was with model 'm', not 'other'"),
+    (["--base-url", "http://127.0.0.1:9/v1"], "--resume: the run was against http://127.0.0.1:"),
+    (["--prompt-text"], "--resume: prompt 2 differs from the one turn 2 answered"),
+])
+def test_resume_refuses_another_server_model_or_prompts(tmp_path, api_key, change, message):
+    out = tmp_path / "run.jsonl"
+    with ForkedServer(lambda i, b: stream("plain", n_content=3, ttft_s=0.01)[0]) as srv:
+        args = ["--base-url", srv.base_url, "--model", "m", "-q", "--output", str(out)]
+        assert run_main(chat.main, args + ["--num-rounds", "2"], prompts_jsonl(PROMPTS)).code == 0
+        before = out.read_text()
+        texts = PROMPTS[:1] + ["another question"] + PROMPTS[2:] if change == ["--prompt-text"] else PROMPTS
+        argv = args + ["--resume"] + ([] if change == ["--prompt-text"] else change)
+        ran = run_main(chat.main, argv, prompts_jsonl(texts))
+        sent = len(srv.requests)
+    assert ran.code == 2 and ran.err.startswith(f"lalm-chat: error: {message}"), ran.err
+    assert ran.err.count("\n") == 1 and ran.out == "" and sent == 2
+    assert out.read_text() == before
+
+
+# ---- signals at any moment: every record whole, in the file and on stdout alike ----
+
+def read_until(stream, text, timeout=20):
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        seen.append(line)
+        if text in line:
+            return
+    raise AssertionError(f"no {text!r} in {seen}")
+
+
+def busy_then_ok(i, body):
+    if i == 1:
+        return Script(status=503, body=b'{"error":{"message":"busy"}}',
+                      headers={"Content-Type": "application/json", "Retry-After": "30"})
+    return stream("plain", n_content=3, ttft_s=0.01)[0]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_in_a_retry_back_off_records_the_turn_as_interrupted(tmp_path, sig):
+    out = tmp_path / "run.jsonl"
+    with ForkedServer(busy_then_ok) as srv:
+        proc = start_chat(srv.base_url, out)
+        read_until(proc.stderr, "retry 1 in 30 s")
+        proc.send_signal(sig)
+        stdout, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    recs = lines(out)
+    assert [r.get("status") for r in recs] == [None, "ok", "interrupted"]
+    assert recs[-1]["error"]["kind"] == "interrupted" and recs[-1]["http_status"] == 503
+    assert [json.loads(line) for line in stdout.splitlines()] == recs
+
+
+def test_a_signal_during_a_probe_records_the_probe_as_interrupted(tmp_path):
+    def answer(i, body):
+        last = body["messages"][-1]["content"]
+        if "question number" in last:
+            return stream("plain", n_content=3, ttft_s=0.01)[0]
+        return stream("plain", n_content=3, ttft_s=30)[0]         # the probe stalls
+    out = tmp_path / "run.jsonl"
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps({"facts": [{"id": "n", "stated_in": 1, "question": "Which number?",
+                                            "answer": "1"}]}))
+    with ForkedServer(answer) as srv:
+        proc = start_chat(srv.base_url, out, "--probe-every", "1", "--facts", str(facts))
+        deadline = time.monotonic() + 20
+        while not any(r["body"]["messages"][-1]["content"] == "Which number?" for r in srv.requests):
+            assert time.monotonic() < deadline
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    recs = lines(out)
+    assert [(r["kind"], r.get("status")) for r in recs] == [("run", None), ("turn", "ok"),
+                                                           ("probe", "interrupted")]
+    assert [json.loads(line) for line in stdout.splitlines()] == recs
+
+
+class SignalOnWrite(io.StringIO):
+    """A stdout that gets SIGTERM while the first turn record is on its way to it."""
+    sent = False
+
+    def write(self, text):
+        if not self.sent and '"kind":"turn"' in text:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().write(text)
+
+
+def test_a_signal_between_the_file_and_stdout_loses_nothing(tmp_path, api_key):
+    out = tmp_path / "run.jsonl"
+    with ForkedServer(lambda i, b: stream("plain", n_content=3, ttft_s=0.01)[0]) as srv:
+        stdout = SignalOnWrite()
+        code = chat.main(["--base-url", srv.base_url, "--model", "m", "-q", "--output", str(out)],
+                         io.BytesIO(prompts_jsonl(PROMPTS).encode()), stdout, io.StringIO())
+    assert code == 130 and stdout.sent
+    recs = lines(out)
+    assert [r["kind"] for r in recs] == ["run", "turn"] and recs[1]["status"] == "ok"
+    assert [json.loads(line) for line in stdout.getvalue().splitlines()] == recs
