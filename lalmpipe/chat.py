@@ -27,7 +27,7 @@ from .jsonl import (ExitCode, InputError, RecordWriter, UsageError, add_common_a
                     new_parser, positive_int, read_records, run_command)
 from .conversation import Chat, Conversation, Interrupts, now_iso, request_params
 from .progress import Progress
-from .records import DEFAULT_SETTINGS, Prompt, Run, Settings
+from .records import DEFAULT_SETTINGS, Prompt, Run, Server, Settings
 from .serverinfo import preflight
 
 PROG = "lalm-chat"
@@ -35,7 +35,7 @@ DEFAULT_BASE_URL = "http://localhost:1234/v1"
 PLACEHOLDER_KEY = "lm-studio"
 
 
-def new_run(args, model: str, server: dict, base_url: str, memory: dict | None) -> Run:
+def new_run(args, model: str, server: Server, base_url: str, memory: dict | None) -> Run:
     settings = Settings.from_args(args)
     if memory:
         settings = msgspec.structs.replace(settings, rule=memory["rule"], facts=memory["facts"])
@@ -139,7 +139,7 @@ def _run(args, stdin, stdout, stderr) -> int:
             if model is None:
                 raise InputError(f"the server at {transport.base_url} lists no model: give --model")
             run = done.run if done else new_run(args, model, server, transport.base_url, memory)
-            warn_if_too_small(progress, prompts, run.context_window, run.params.get("max_tokens"))
+            warn_if_too_small(progress, prompts, run.server.context_window, run.params.get("max_tokens"))
             _converse(args, transport, run, prompts, others, done, progress, interrupts, stdout)
         finally:
             transport.close()

@@ -148,7 +148,7 @@ class Chat:
         att, attempts = self._send(n, prompt, body)
         view = read_stream(att.chunks)
         status, error = outcome.classify(att.http_status, att.body, att.failure, view,
-                                         self.run.context_window)
+                                         self.run.server.context_window)
         if status == STATUS_OK:
             self.conversation.add(prompt.id, prompt.text, view.content, view.reasoning)
         record = Turn(run_id=self.run.run_id, turn=n, prompt=prompt.ref(), sent_at=sent_at,
@@ -197,7 +197,7 @@ class Chat:
                     att = Attempt(failure=INTERRUPTED)
             view = read_stream(att.chunks)
             status, error = outcome.classify(att.http_status, att.body, att.failure, view,
-                                             self.run.context_window)
+                                             self.run.server.context_window)
             yield Probe(run_id=self.run.run_id, after_turn=after_turn, fact=fact, sent_at=sent_at,
                         status=status, http_status=att.http_status, error=error, chunks=att.chunks,
                         content=view.content)

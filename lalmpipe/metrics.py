@@ -35,7 +35,7 @@ class Conversation:
     def __init__(self, run: Run | None):
         settings = run.settings if run else DEFAULT_SETTINGS
         self.keep_reasoning = settings.keep_reasoning
-        self.window = run.context_window if run else None
+        self.window = run.server.context_window if run else None
         rule = settings.rule or {}
         try:
             self.rule_check = re.compile(rule["check"]) if rule.get("check") else None

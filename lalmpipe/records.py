@@ -137,6 +137,19 @@ class Settings(Struct):
 DEFAULT_SETTINGS = Settings()
 
 
+class Server(Struct):
+    """What the server said about itself before the run (serverinfo.preflight)."""
+    models: list | None = None
+    context_window: int | None = None      # tokens, where the server tells
+    context_source: str | None = None      # where the window was read
+    software: str | None = None
+    # as each server reports them, unchecked
+    build: Any = None
+    total_slots: Any = None
+    max_context_length: Any = None
+    trained_context: Any = None
+
+
 class Run(Record):
     KIND: ClassVar[str] = "run"
     run_id: str
@@ -146,17 +159,13 @@ class Run(Record):
     model: str | None
     params: dict = {}           # what each request carried besides model, messages and stream
     settings: Settings = msgspec.field(default_factory=Settings)
-    server: dict = {}           # what the server said about itself (serverinfo.preflight)
+    server: Server = msgspec.field(default_factory=Server)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Run":
         if d.get("v") == 1 and isinstance(d.get("params"), dict):
             d = _run_from_v1(d)
         return super().from_dict(d)
-
-    @property
-    def context_window(self) -> int | None:
-        return (self.server or {}).get("context_window")
 
 
 def _run_from_v1(d: dict) -> dict:

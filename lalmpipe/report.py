@@ -53,7 +53,7 @@ def in_one_unit(rows: list, estimated: bool) -> list:
 
 def analyse(group: dict) -> dict:
     run = group["run"]
-    window = run.context_window if run else None
+    window = run.server.context_window if run else None
     counted = [r for r in group["rows"] if r.status == "ok"]
     estimated = any(r.context_tokens is None for r in counted)
     rows = in_one_unit(group["rows"], estimated)

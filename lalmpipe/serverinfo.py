@@ -8,25 +8,24 @@ from __future__ import annotations
 
 import re
 
+from .records import Server
+
 
 class Unreachable(Exception):
     """The server could not be reached at all."""
 
 
-def preflight(transport, model: str | None) -> tuple[str | None, dict]:
+def preflight(transport, model: str | None) -> tuple[str | None, Server]:
     """Return the model to use and what the server said about itself."""
-    server: dict = {"models": None, "context_window": None, "context_source": None}
     listing = _models(transport)
-    if listing is not None:
-        server["models"] = [m.get("id") for m in listing if isinstance(m, dict)]
-    if model is None and server["models"]:
-        model = server["models"][0]
+    models = None if listing is None else [m.get("id") for m in listing if isinstance(m, dict)]
+    if model is None and models:
+        model = models[0]
     for probe in (_llama_cpp, _vllm, _lm_studio, _ollama):
         found = probe(transport, listing or [], model)
         if found:
-            server.update(found)
-            break
-    return model, server
+            return model, Server(models=models, **found)
+    return model, Server(models=models)
 
 
 def _models(transport) -> list | None:
