@@ -28,11 +28,11 @@ from .jsonl import (ExitCode, InputError, RecordWriter, UsageError, add_common_a
 from .conversation import Chat, Conversation, now_iso, request_params
 from .progress import Progress
 from .records import Prompt, Run
+from .redact import API_KEY_VAR
 from .serverinfo import preflight
 
 PROG = "lalm-chat"
 DEFAULT_BASE_URL = "http://localhost:1234/v1"
-PLACEHOLDER_KEY = "lm-studio"
 
 
 def new_run(args, model: str | None, server: dict, base_url: str, memory: dict | None) -> dict:
@@ -144,8 +144,7 @@ def _run(args, stdin, stdout, stderr) -> int:
     if done:
         args = resumed_args(args, done.run.get("params") or {})
     memory = memory_of(args)
-    api_key = os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_KEY
-    transport = Transport(args.base_url, api_key, args.stall_timeout)
+    transport = Transport(args.base_url, os.environ.get(API_KEY_VAR), args.stall_timeout)
     try:
         with _term_as_interrupt():
             model, server = preflight(transport, args.model)

@@ -17,6 +17,7 @@ from typing import Callable, Iterator, TextIO
 import jsonlines
 
 from .records import KINDS, RecordError, check_version
+from .redact import API_KEY_VAR, redact
 
 
 class ExitCode(enum.IntEnum):
@@ -183,7 +184,8 @@ def entry(prog: str, body: Callable[[], int], stdout: TextIO, stderr: TextIO,
         if debug:
             raise
         _flush_quietly(stdout)
-        print(f"{prog}: error: {e}", file=stderr)
+        # an HTTP library's error may name the URL, credentials and all
+        print(f"{prog}: error: {redact(str(e), [os.environ.get(API_KEY_VAR, '')])}", file=stderr)
         return ExitCode.ERROR
 
 
