@@ -24,7 +24,8 @@ import uuid
 
 from . import __version__
 from .jsonl import (ExitCode, InputError, RecordWriter, UsageError, add_common_args, add_input_args,
-                    load_as, new_parser, positive_int, read_records, run_command)
+                    load_as, new_parser, non_negative_int, positive_int, positive_seconds, read_records,
+                    run_command)
 from .conversation import Chat, Conversation, now_iso, request_params
 from .progress import Progress
 from .records import Prompt, Run
@@ -98,10 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-reasoning", action="store_true",
                    help="append the reasoning to the history too (default: the answer only)")
     p.add_argument("--num-rounds", type=positive_int, metavar="N", help="only the first N prompts")
-    p.add_argument("--timeout", type=float, default=None, metavar="S", help="bound on a whole turn")
-    p.add_argument("--stall-timeout", type=float, default=300.0, metavar="S",
+    p.add_argument("--timeout", type=positive_seconds, default=None, metavar="S", help="bound on a whole turn")
+    p.add_argument("--stall-timeout", type=positive_seconds, default=300.0, metavar="S",
                    help="end a turn after S seconds with no bytes (default: %(default)s)")
-    p.add_argument("--retries", type=int, default=2, metavar="N",
+    p.add_argument("--retries", type=non_negative_int, default=2, metavar="N",
                    help="retries of refused connections, HTTP 429 and 5xx (default: %(default)s)")
     p.add_argument("--on-error", choices=("stop", "continue"), default="stop",
                    help="after a failed turn: stop (the ceiling is found) or go on")

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from .jsonl import (ExitCode, InputError, UsageError, add_common_args, load_as, new_parser,
-                    read_records, run_command)
+from .jsonl import (ExitCode, InputError, add_common_args, load_as, new_parser, non_negative_float,
+                    port_number, read_records, run_command)
 from .records import Turn
 from .sse import encode_event
 
@@ -247,16 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "| lalm-metrics | lalm-report"])
     p.add_argument("inputs", nargs="+", metavar="RECORDING", help="lalm-chat output (JSON Lines)")
     p.add_argument("--host", default="127.0.0.1", help="default: %(default)s (loopback only)")
-    p.add_argument("--port", type=int, default=8800, help="default: %(default)s (0: any free port)")
-    p.add_argument("--speed", type=float, default=1.0,
+    p.add_argument("--port", type=port_number, default=8800, help="default: %(default)s (0: any free port)")
+    p.add_argument("--speed", type=non_negative_float, default=1.0,
                    help="divide recorded times by X (0: send at once; default: 1)")
     add_common_args(p)
     return p
 
 
 def work(args, stdin, stdout, stderr) -> int:
-    if args.speed < 0:
-        raise UsageError("--speed must be 0 or more")
     turns, model = load_turns(args.inputs, stdin)
     server = ScriptedServer(Replayer(turns, stderr), host=args.host, port=args.port,
                             speed=args.speed, models=[model or "replay"])

@@ -17,8 +17,9 @@ import csv
 import json
 
 from . import measure
-from .jsonl import (ExitCode, InputError, add_common_args, add_input_args, load_as, new_parser,
-                    read_records, run_command)
+from .jsonl import (ExitCode, InputError, add_common_args, add_input_args, file_ending, load_as,
+                    new_parser, read_records, run_command)
+from .plot import PLOT_FILES
 from .records import Metrics, Recall, Run
 
 PROG = "lalm-report"
@@ -235,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "lalm-report run_a.metrics.jsonl run_b.metrics.jsonl   # comparison"])
     add_input_args(p)
     p.add_argument("--format", choices=("text", "json", "markdown", "csv"), default="text")
-    p.add_argument("--plot", metavar="FILE", help="also draw the run(s) against context size "
+    p.add_argument("--plot", type=file_ending(*PLOT_FILES), metavar="FILE", help="also draw the run(s) against context size "
                    "(.png or .svg; needs matplotlib)")
     add_common_args(p)
     return p

@@ -51,7 +51,7 @@ def test_plots_for_one_run_and_for_several(tmp_path, ext, magic):
         data = path.read_bytes()
         assert data.startswith(magic) and len(data) > 20_000
         assert f"![context growth]({path})" in ran.out
-    assert run_main(report.main, ["--plot", str(tmp_path / "x.jpg")], one).code == 1
+    assert run_main(report.main, ["--plot", str(tmp_path / "x.jpg")], one).code == 2
 
 
 def test_comparison_of_two_recorded_runs():
