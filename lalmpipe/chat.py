@@ -24,15 +24,16 @@ import msgspec
 
 from . import __version__
 from .jsonl import (ExitCode, InputError, RecordWriter, UsageError, add_common_args, add_input_args,
-                    new_parser, positive_int, read_records, run_command)
+                    new_parser, non_negative_int, positive_int, positive_seconds, read_records,
+                    run_command)
 from .conversation import Chat, Conversation, Interrupts, now_iso, request_params
 from .progress import Progress
 from .records import DEFAULT_SETTINGS, Prompt, Run, Server, Settings
+from .redact import API_KEY_VAR
 from .serverinfo import preflight
 
 PROG = "lalm-chat"
 DEFAULT_BASE_URL = "http://localhost:1234/v1"
-PLACEHOLDER_KEY = "lm-studio"
 
 
 def new_run(args, model: str, server: Server, base_url: str, memory: dict | None) -> Run:
@@ -82,19 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-reasoning", action="store_true",
                    help="append the reasoning to the history too (default: the answer only)")
     p.add_argument("--num-rounds", type=positive_int, metavar="N", help="only the first N prompts")
-    p.add_argument("--timeout", type=float, default=None, metavar="S", help="bound on a whole turn")
-    p.add_argument("--stall-timeout", type=float, default=300.0, metavar="S",
+    p.add_argument("--timeout", type=positive_seconds, default=None, metavar="S", help="bound on a whole turn")
+    p.add_argument("--stall-timeout", type=positive_seconds, default=DEFAULT_SETTINGS.stall_timeout, metavar="S",
                    help="end a turn after S seconds with no bytes (default: %(default)s)")
-    p.add_argument("--retries", type=int, default=2, metavar="N",
+    p.add_argument("--retries", type=non_negative_int, default=DEFAULT_SETTINGS.retries, metavar="N",
                    help="retries of refused connections, HTTP 429 and 5xx (default: %(default)s)")
-    p.add_argument("--on-error", choices=("stop", "continue"), default="stop",
+    p.add_argument("--on-error", choices=("stop", "continue"), default=DEFAULT_SETTINGS.on_error,
                    help="after a failed turn: stop (the ceiling is found) or go on")
     p.add_argument("--probe-every", type=positive_int, metavar="K",
                    help="every K turns ask each planted fact stated so far, in forked requests "
                         "kept out of the conversation, and give a standing rule in turn 1")
     p.add_argument("--facts", metavar="FILE", help="planted facts and the rule "
                    "(default: prompts/lalm_facts.json)")
-    p.add_argument("--probe-max-tokens", type=positive_int, default=64, metavar="N",
+    p.add_argument("--probe-max-tokens", type=positive_int, default=DEFAULT_SETTINGS.probe_max_tokens, metavar="N",
                    help="max_tokens of a probe (default: %(default)s)")
     p.add_argument("--output", metavar="FILE", help="also append every record to FILE, synced to disk")
     p.add_argument("--resume", action="store_true", help="continue the partial run in --output FILE")
@@ -126,11 +127,10 @@ def _run(args, stdin, stdout, stderr) -> int:
     progress = Progress(stderr, args.quiet, total=len(prompts))
     done = previous_run(args.output, progress.say) if args.resume else None
     memory = None if done else memory_of(args)
-    api_key = os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_KEY
     interrupts = Interrupts()
     with interrupts.installed():
-        transport = Transport(args.base_url, api_key, done.run.settings.stall_timeout if done
-                              else args.stall_timeout)
+        settings = done.run.settings if done else args
+        transport = Transport(args.base_url, os.environ.get(API_KEY_VAR), settings.stall_timeout)
         try:
             if done:
                 done.check_same(transport.base_url, args.model, prompts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import enum
+import math
 import os
 import sys
 from typing import Callable, Iterator, NamedTuple, TextIO
@@ -17,6 +18,7 @@ import jsonlines
 import msgspec
 
 from .records import KINDS, Record, RecordError, as_record, check_version
+from .redact import API_KEY_VAR, redact
 
 
 class ExitCode(enum.IntEnum):
@@ -181,6 +183,45 @@ def positive_int(text: str) -> int:
     return n
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of 0 or more (--retries 0: none)."""
+    return _checked(text, int, lambda n: n >= 0, "a whole number of 0 or more")
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0."""
+    return _checked(text, float, lambda s: 0 < s < math.inf, "a number of seconds above 0")
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number of 0 or more."""
+    return _checked(text, float, lambda x: 0 <= x < math.inf, "a number of 0 or more")
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 (any free port) to 65535."""
+    return _checked(text, int, lambda n: 0 <= n <= 65535, "a port from 0 to 65535")
+
+
+def file_ending(*suffixes: str) -> Callable[[str], str]:
+    """An argparse type: a file name ending in one of `suffixes`, case aside."""
+    def parse(text: str) -> str:
+        return _checked(text, str, lambda name: name.lower().endswith(suffixes),
+                        "a " + " or ".join(suffixes) + " file")
+    return parse
+
+
+def _checked(text: str, convert: Callable, accept: Callable, what: str):
+    """Convert text, and refuse it as argparse does unless `accept` takes the value."""
+    try:
+        value = convert(text)
+    except ValueError:
+        value = None
+    if value is None or not accept(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
 def entry(prog: str, body: Callable[[], int], stdout: TextIO, stderr: TextIO,
           debug: bool = False) -> int:
     """Run a command body with the shared error, pipe and interrupt manners."""
@@ -204,7 +245,8 @@ def entry(prog: str, body: Callable[[], int], stdout: TextIO, stderr: TextIO,
         if debug:
             raise
         _flush_quietly(stdout)
-        print(f"{prog}: error: {e}", file=stderr)
+        # an HTTP library's error may name the URL, credentials and all
+        print(f"{prog}: error: {redact(str(e), [os.environ.get(API_KEY_VAR, '')])}", file=stderr)
         return ExitCode.ERROR
 
 

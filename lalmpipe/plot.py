@@ -5,6 +5,7 @@ import os
 
 from .records import TIERS
 
+PLOT_FILES = (".png", ".svg")   # matplotlib writes the format the file's name ends in
 TIER_COLOURS = ("#e8f1fa", "#eaf6ea", "#fdf3e1", "#f6e8f3", "#eeeeee", "#fbe9e7")
 PANELS = (("ttft_s", "time to first token (s)"),
           ("prefill_tps", "prefill (uncached tok/s)"),
@@ -19,8 +20,8 @@ def plot(reports: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     ext = os.path.splitext(path)[1].lower()
-    if ext not in (".png", ".svg"):
-        raise ValueError(f"{path}: the plot must be a .png or .svg file")
+    if ext not in PLOT_FILES:
+        raise ValueError(f"{path}: the plot must be a {' or '.join(PLOT_FILES)} file")
     with_memory = any(r.get("memory") for r in reports)
     fig, axes = plt.subplots(3 if with_memory else 2, 2, figsize=(12, 11 if with_memory else 8),
                              sharex=True)

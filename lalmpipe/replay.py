@@ -25,9 +25,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
-from .jsonl import (ExitCode, InputError, UsageError, add_common_args, new_parser,
-                    read_records, run_command)
+from .jsonl import (ExitCode, InputError, add_common_args, new_parser, non_negative_float,
+                    port_number, read_records, run_command)
 from .records import Run, Turn
 from .sse import encode_event
 
@@ -94,12 +95,14 @@ class ScriptedServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/v1"
 
-    def next_script(self, body: dict, headers: dict) -> Script:
+    def next_script(self, body: dict, headers: dict, target: str) -> Script:
+        """Note a chat request (`target` is its path and query) and script its answer."""
+        request = {"body": body, "headers": headers, "target": target}
         with self._lock:
             index = len(self.requests)
-            self.requests.append({"body": body, "headers": headers})
+            self.requests.append(request)
         if self.on_request:
-            self.on_request({"body": body, "headers": headers})
+            self.on_request(request)
         return self.answer(index, body)
 
     def start(self) -> "ScriptedServer":
@@ -120,8 +123,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # quiet: stderr belongs to the command
         pass
 
+    def _route(self) -> str:
+        # a client may carry a key in the query; like a real server, routing ignores it
+        return urlsplit(self.path).path.rstrip("/")
+
     def do_GET(self):
-        path = self.path.rstrip("/")
+        path = self._route()
         if path in ("/v1/models", "/models"):
             doc = {"object": "list", "data": [{"id": m, "object": "model"} for m in self.server.models]}
         elif path == "/health":
@@ -136,7 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
         t_arrival = time.perf_counter()
-        path = self.path.rstrip("/")
+        path = self._route()
         if path in self.server.routes:
             return self._send(200, json.dumps(self.server.routes[path]).encode())
         if not path.endswith("/chat/completions"):
@@ -146,7 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             return self._send(400, b'{"error":{"message":"invalid JSON body"}}')
         headers = {k.lower(): v for k, v in self.headers.items()}
-        script = self.server.next_script(body, headers)
+        script = self.server.next_script(body, headers, self.path)
         try:
             self._play(script, t_arrival)
         except (BrokenPipeError, ConnectionResetError):
@@ -240,16 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "| lalm-metrics | lalm-report"])
     p.add_argument("inputs", nargs="+", metavar="RECORDING", help="lalm-chat output (JSON Lines)")
     p.add_argument("--host", default="127.0.0.1", help="default: %(default)s (loopback only)")
-    p.add_argument("--port", type=int, default=8800, help="default: %(default)s (0: any free port)")
-    p.add_argument("--speed", type=float, default=1.0,
+    p.add_argument("--port", type=port_number, default=8800, help="default: %(default)s (0: any free port)")
+    p.add_argument("--speed", type=non_negative_float, default=1.0,
                    help="divide recorded times by X (0: send at once; default: 1)")
     add_common_args(p)
     return p
 
 
 def work(args, stdin, stdout, stderr) -> int:
-    if args.speed < 0:
-        raise UsageError("--speed must be 0 or more")
     turns, model = load_turns(args.inputs, stdin)
     server = ScriptedServer(Replayer(turns, stderr), host=args.host, port=args.port,
                             speed=args.speed, models=[model or "replay"])

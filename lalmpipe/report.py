@@ -19,8 +19,9 @@ import json
 import msgspec
 
 from . import measure
-from .jsonl import (ExitCode, InputError, add_common_args, add_input_args, new_parser,
+from .jsonl import (ExitCode, InputError, add_common_args, add_input_args, file_ending, new_parser,
                     read_records, run_command)
+from .plot import PLOT_FILES
 from .records import Metrics, Run
 
 PROG = "lalm-report"
@@ -66,24 +67,30 @@ def analyse(group: dict) -> dict:
             "memory": measure.memory(rows, recalls, window), "turns": [r.to_dict() for r in rows]}
 
 
-COMPARE = (("model", lambda r: (r["run"] or {}).get("model")),
-           ("server", lambda r: ((r["run"] or {}).get("server") or {}).get("software")
+def _summary(field: str) -> tuple:
+    """Name a field of a report's summary, and how to get it."""
+    return field, lambda r: r["summary"][field]
+
+
+# a row each: its label, the field whose format it takes (None: no number), how to get it
+COMPARE = (("model", None, lambda r: (r["run"] or {}).get("model")),
+           ("server", None, lambda r: ((r["run"] or {}).get("server") or {}).get("software")
             or (r["run"] or {}).get("base_url")),
-           ("turns ok", lambda r: f"{r['summary']['ok']}/{r['summary']['turns']}"),
-           ("TTFT mean s", lambda r: r["summary"]["ttft_mean_s"]),
-           ("TTFT s per 1k tok", lambda r: r["summary"]["ttft_slope_s_per_1k_tokens"]),
-           ("decode start tok/s", lambda r: r["summary"]["decode_tps_start"]),
-           ("decode end/start", lambda r: r["summary"]["decode_ratio_end_to_start"]),
-           ("largest context", lambda r: r["summary"]["max_context_tokens"]),
-           ("effective context", lambda r: (r["memory"] or {}).get("effective_context_tokens")),
-           ("ceiling", lambda r: "none" if r["ceiling"] is None else
+           ("turns ok", None, lambda r: f"{r['summary']['ok']}/{r['summary']['turns']}"),
+           ("TTFT mean s", *_summary("ttft_mean_s")),
+           ("TTFT s per 1k tok", *_summary("ttft_slope_s_per_1k_tokens")),
+           ("decode start tok/s", *_summary("decode_tps_start")),
+           ("decode end/start", *_summary("decode_ratio_end_to_start")),
+           ("largest context", *_summary("max_context_tokens")),
+           ("effective context", None, lambda r: (r["memory"] or {}).get("effective_context_tokens")),
+           ("ceiling", None, lambda r: "none" if r["ceiling"] is None else
             f"{r['ceiling']['reason']} at {_n(r['ceiling']['context_tokens'])} (turn {r['ceiling']['turn']})"))
 
 
 def comparison(reports: list[dict]) -> list[list[str]]:
     """One row per measure, one column per run."""
     head = ["run"] + [str((r["run"] or {}).get("run_id", "?")) for r in reports]
-    return [head] + [[label] + [_cell(get(r)) for r in reports] for label, get in COMPARE]
+    return [head] + [[label] + [_cell(get(r), field) for r in reports] for label, field, get in COMPARE]
 
 
 def text_table(rows: list[list[str]], right: bool) -> list[str]:
@@ -131,13 +138,22 @@ def _n(x) -> str:
     return "?" if x is None else f"{x:,}"
 
 
-def _cell(v) -> str:
+# one format a field, by its unit, so a column reads alike from top to bottom: token
+# rates to a tenth, seconds to the millisecond, shares and ratios to three places
+CELL_FORMATS = {"ttft_s": ".3f", "ttft_mean_s": ".3f", "ttft_slope_s_per_1k_tokens": ".3f",
+                "prefill_tps": ".1f", "decode_tps": ".1f", "decode_tps_mean": ".1f",
+                "decode_tps_start": ".1f", "decode_ratio_end_to_start": ".3f",
+                "reasoning_turn_share": ".3f", "reasoning_token_share": ".3f",
+                "repeat_3gram_ratio_mean": ".3f"}
+
+
+def _cell(v, field: str | None = None) -> str:
     if v is None:
         return "-"
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+        return format(v, CELL_FORMATS.get(field, ".3f"))
     return str(v)
 
 
@@ -153,7 +169,7 @@ def _status(r: dict) -> str:
 
 
 def _row(r: dict) -> list[str]:
-    return [_status(r) if c == "status" else _cell(r.get(c)) for c in COLUMNS]
+    return [_status(r) if c == "status" else _cell(r.get(c), c) for c in COLUMNS]
 
 
 def summary_lines(report: dict) -> list[tuple[str, str]]:
@@ -207,7 +223,7 @@ def memory_lines(m: dict | None) -> list[tuple[str, str]]:
         out.append(("Rule", f"kept in {m['rule_kept_turns']} of {m['rule_checked_turns']} turns"
                             + (f"; first broken at turn {broke['turn']} "
                                f"({_n(broke['context_tokens'])} tokens)" if broke else "")))
-    out.append(("Degeneration", f"repeated 3-grams {_cell(m['repeat_3gram_ratio_mean'])} on average; "
+    out.append(("Degeneration", f"repeated 3-grams {_cell(m['repeat_3gram_ratio_mean'], 'repeat_3gram_ratio_mean')} on average; "
                                 f"{m['empty_answers']} empty answers; "
                                 f"{m['hit_max_tokens']} answers cut by max_tokens"))
     return out
@@ -230,7 +246,7 @@ def markdown(report: dict, plot_path: str | None = None) -> str:
     out += [f"| {label} | {sentence} |" for label, sentence in summary_lines(report)]
     out += ["", "## Tiers", ""]
     out += md_table([h for _, h in TIER_COLUMNS],
-                    [[_cell(t[k]) for k, _ in TIER_COLUMNS] for t in report["tiers"]])
+                    [[_cell(t[k], k) for k, _ in TIER_COLUMNS] for t in report["tiers"]])
     if plot_path:
         out += ["", f"![context growth]({plot_path})"]
     out += ["", "## Turns", ""]
@@ -255,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "lalm-report run_a.metrics.jsonl run_b.metrics.jsonl   # comparison"])
     add_input_args(p)
     p.add_argument("--format", choices=("text", "json", "markdown", "csv"), default="text")
-    p.add_argument("--plot", metavar="FILE", help="also draw the run(s) against context size "
+    p.add_argument("--plot", type=file_ending(*PLOT_FILES), metavar="FILE", help="also draw the run(s) against context size "
                    "(.png or .svg; needs matplotlib)")
     add_common_args(p)
     return p

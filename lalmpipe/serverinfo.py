@@ -33,7 +33,8 @@ def _models(transport) -> list | None:
         data = transport.get_json("/models")
     except Exception as e:  # noqa: BLE001
         if _is_connect_error(e):
-            raise Unreachable(f"cannot reach the server at {transport.base_url}: {_reason(e)}") from None
+            raise Unreachable(f"cannot reach the server at {transport.base_url}: "
+                              f"{transport.redact(_reason(e))}") from None
         return None
     items = data.get("data") if isinstance(data, dict) else data
     return items if isinstance(items, list) else None

@@ -10,8 +10,12 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
+from .redact import credentials, mask_values, redact
 from .sse import timed_events
+
+PLACEHOLDER_KEY = "lm-studio"   # the SDK needs a key; a local server takes any
 
 
 @dataclass
@@ -33,22 +37,29 @@ class Attempt:
 
 
 class Transport:
-    """An openai client whose request hook marks the moment a request is sent."""
+    """An openai client whose request hook marks the moment a request is sent.
 
-    def __init__(self, base_url: str, api_key: str, stall_timeout_s: float,
+    Its `base_url` is the URL to show and record, credentials masked; what a
+    request gets back is masked too (see `_mask`)."""
+
+    def __init__(self, base_url: str, api_key: str | None, stall_timeout_s: float,
                  connect_timeout_s: float = 10.0):
         import openai
 
+        self.secrets = credentials(base_url, api_key)
+        url, query = _split_query(base_url)
         self._sent_ns = 0
         self.stall_timeout_s = stall_timeout_s
         self.connect_timeout_s = connect_timeout_s
-        # identity: the bytes recorded are the bytes the server streamed, never gzip
+        # identity: the bytes recorded are the bytes the server streamed, never gzip;
+        # the query goes on every request from here, as the SDK would put paths after it
         self.http = openai.DefaultHttpxClient(
             event_hooks={"request": [self._on_request]}, headers={"Accept-Encoding": "identity"},
-            timeout=openai.Timeout(stall_timeout_s, connect=connect_timeout_s))
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0,
+            params=query, timeout=openai.Timeout(stall_timeout_s, connect=connect_timeout_s))
+        self.client = openai.OpenAI(base_url=url, api_key=api_key or PLACEHOLDER_KEY, max_retries=0,
                                     http_client=self.http)
-        self.base_url = str(self.client.base_url).rstrip("/")
+        self._url = str(self.client.base_url).rstrip("/")
+        self.base_url = self.redact(self._url + (f"?{query}" if query else ""))
         self.openai = openai
 
     def _on_request(self, request) -> None:
@@ -56,6 +67,10 @@ class Transport:
 
     def close(self) -> None:
         self.http.close()
+
+    def redact(self, text: str) -> str:
+        """Mask this transport's credentials, and any URL's or Bearer token's, in text."""
+        return redact(text, self.secrets)
 
     def stream(self, body: dict, deadline_s: float | None, on_event=None) -> Attempt:
         """Send one streamed chat request; record every event with its time.
@@ -67,7 +82,21 @@ class Transport:
         att = self._stream_once(body, deadline_s, on_event)
         if att.unanswered:
             att = self._stream_once(body, deadline_s, on_event)
+        self._mask(att)
         return att
+
+    def _mask(self, att: Attempt) -> None:
+        """Mask the credentials a server may echo, once the stream is over: in
+        an error wholly; in the events only the key values, so that every other
+        byte stays as received."""
+        if att.failure:
+            att.failure = (att.failure[0], self.redact(att.failure[1]))
+        if att.body:
+            att.body = self.redact(att.body)
+        events = "\n".join(c[1] for c in att.chunks)
+        if mask_values(events, self.secrets) != events:   # rare: only then event by event
+            for chunk in att.chunks:
+                chunk[1] = mask_values(chunk[1], self.secrets)
 
     def _stream_once(self, body: dict, deadline_s: float | None, on_event) -> Attempt:
         openai = self.openai
@@ -138,7 +167,7 @@ class Transport:
     def get_json(self, path: str, root: bool = False, timeout_s: float = 3.0,
                  method: str = "GET", body: dict | None = None):
         """Fetch JSON from the server (relative to base URL or server root)."""
-        base = self.base_url
+        base = self._url
         if root:
             base = re.sub(r"/v\d+$", "", base)
         headers = {"Authorization": f"Bearer {self.client.api_key}"}
@@ -149,3 +178,9 @@ class Transport:
 
 class _StreamTimeout(Exception):
     pass
+
+
+def _split_query(url: str) -> tuple[str, str]:
+    """Split a URL into the URL without its query, and the query."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query="")), parts.query

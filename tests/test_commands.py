@@ -1,4 +1,5 @@
 """Every command through main() with injected streams, goldens, bad input, manners."""
+import io
 import json
 import os
 import subprocess
@@ -182,6 +183,54 @@ def test_counts_must_be_positive():
     for argv in (["--num-rounds", "-1"], ["--num-rounds", "0"], ["--num-rounds", "x"]):
         ran = run_main(prompts.main, argv)
         assert ran.code == 2 and "is not a whole number of 1 or more" in ran.err
+
+
+class Unread:
+    """A stdin that fails whatever reads it, and remembers that something tried."""
+
+    def __init__(self):
+        self.used = []
+
+    def __getattr__(self, name):
+        self.used.append(name)
+        raise OSError(f"stdin.{name} was used")
+
+    def __iter__(self):
+        self.used.append("__iter__")
+        raise OSError("stdin was read")
+
+
+@pytest.mark.parametrize("command, argv", [
+    (chat, ["--retries", "-1"]),
+    (chat, ["--retries", "two"]),
+    (chat, ["--timeout", "0"]),
+    (chat, ["--timeout", "-5"]),
+    (chat, ["--stall-timeout", "0"]),
+    (chat, ["--stall-timeout", "nan"]),
+    (chat, ["--stall-timeout", "inf"]),
+    (chat, ["--probe-max-tokens", "0"]),
+    (replay, ["-", "--port", "65536"]),
+    (replay, ["-", "--port", "-1"]),
+    (replay, ["-", "--speed", "-1"]),
+    (report, ["--plot", "run.jpg"]),
+    (report, ["--plot", "run"]),
+])
+def test_a_bad_flag_is_refused_before_any_input_is_read(command, argv):
+    stdin, out, err = Unread(), io.StringIO(), io.StringIO()
+    code = command.main(argv, stdin=stdin, stdout=out, stderr=err)
+    flag = next(a for a in argv if a.startswith("--"))
+    errors = [line for line in err.getvalue().splitlines() if ": error: " in line]
+    assert code == 2 and stdin.used == [] and out.getvalue() == ""
+    assert errors == [err.getvalue().splitlines()[-1]]
+    assert errors[0].startswith(f"{command.PROG}: error: argument {flag}: '{argv[-1]}' is not "), errors
+
+
+def test_the_edges_of_each_flag_are_allowed():
+    args = chat.build_parser().parse_args(["--retries", "0", "--timeout", "0.5", "--stall-timeout", "1e-3"])
+    assert (args.retries, args.timeout, args.stall_timeout) == (0, 0.5, 0.001)
+    assert [replay.build_parser().parse_args(["x", "--port", p]).port for p in ("0", "65535")] == [0, 65535]
+    assert replay.build_parser().parse_args(["x", "--speed", "0"]).speed == 0
+    assert [report.build_parser().parse_args(["--plot", f]).plot for f in ("a.png", "b.SVG")] == ["a.png", "b.SVG"]
 
 
 def test_a_closed_pipe_ends_metrics_quietly(tmp_path):

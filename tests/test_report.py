@@ -51,7 +51,28 @@ def test_plots_for_one_run_and_for_several(tmp_path, ext, magic):
         data = path.read_bytes()
         assert data.startswith(magic) and len(data) > 20_000
         assert f"![context growth]({path})" in ran.out
-    assert run_main(report.main, ["--plot", str(tmp_path / "x.jpg")], one).code == 1
+    assert run_main(report.main, ["--plot", str(tmp_path / "x.jpg")], one).code == 2
+
+
+def run_and_rows(run_id, rows):
+    run = {"kind": "run", "v": 1, "run_id": run_id, "started_at": "t", "tool": {}, "base_url": "u", "model": "m"}
+    return "".join(json.dumps(r) + "\n" for r in [run] + [{**r.to_dict(), "run_id": run_id} for r in rows])
+
+
+def test_each_column_keeps_one_format_by_its_unit():
+    rows = [row(1, 1000, 0.2, 98.8), row(2, 2000, 0.25, 104.9), row(3, 3000, 120.5, 9.0)]
+    text = run_main(report.main, [], run_and_rows("r", rows)).out.splitlines()
+    cells = [line.split() for line in text[3:6]]
+    # rates to a tenth of a token a second, seconds to the millisecond, whatever their size
+    assert [(c[4], c[6]) for c in cells] == [("0.200", "98.8"), ("0.250", "104.9"), ("120.500", "9.0")]
+    md = run_main(report.main, ["--format", "markdown"], run_and_rows("r", rows)).out
+    assert "| 1 | foundations | ok | 1000 | 0.200 | - | 98.8 | 100 | 0 | - |" in md
+    assert "| 2 | foundations | ok | 2000 | 0.250 | - | 104.9 | 100 | 0 | - |" in md
+    assert "| foundations | 3 | 40.317 | 70.9 | 3000 | 0.000 | 0.000 |" in md   # the tiers
+    other = [row(1, 1000, 0.5, 90.0), row(2, 2000, 0.5, 94.0)]
+    table = {r[0]: r[1:] for r in json.loads(run_main(report.main, ["--format", "json"], run_and_rows(
+        "r", rows) + run_and_rows("o", other)).out)["comparison"]}
+    assert table["decode start tok/s"] == ["70.9", "92.0"] and table["TTFT mean s"] == ["40.317", "0.500"]
 
 
 def test_comparison_of_two_recorded_runs():
@@ -63,8 +84,8 @@ def test_comparison_of_two_recorded_runs():
     assert table["server"] == ["llama.cpp", doc["runs"][1]["run"]["base_url"]]
     assert table["turns ok"] == ["3/3", "5/5"]
     assert table["ceiling"] == ["none", "none"]
-    assert table["TTFT s per 1k tok"] == [report._cell(r["summary"]["ttft_slope_s_per_1k_tokens"])
-                                         for r in doc["runs"]]
+    assert table["TTFT s per 1k tok"] == [report._cell(r["summary"]["ttft_slope_s_per_1k_tokens"],
+                                                      "ttft_slope_s_per_1k_tokens") for r in doc["runs"]]
     text = run_main(report.main, [], stdin).out
     assert "Comparison" in text and "decode end/start" in text
 
