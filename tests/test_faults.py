@@ -162,6 +162,28 @@ def test_silent_truncation_is_flagged_and_is_the_ceiling(api_key):
     assert "Ceiling at turn 3: the server silently truncated the conversation at about 380" in text
 
 
+def test_ollamas_cached_prompt_counts_are_not_truncation(api_key):
+    # Ollama counts only what it did not have cached: 0, or about the new part
+    long = " ".join(["word"] * 80)
+    scripts = [ok(long, 100, 80), ok(long, 0, 80), ok(long, 95, 80), ok(long, 90, 80)]
+    with ForkedServer(lambda i, body: scripts[i]) as srv:
+        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q"],
+                       prompts_jsonl(["a question", "b question", "c question", "d question"]))
+    rows, out = measured(ran)
+    assert [r["truncated"] for r in rows] == [False, False, False, False]
+    assert [r["prompt_tokens_source"] for r in rows] == ["server", "server-uncached", "server-uncached",
+                                                         "server-uncached"]
+    assert [r["context_tokens"] for r in rows] == [180, None, None, None]
+    est = [r["context_tokens_est"] for r in rows]
+    assert est == sorted(est) and est[0] > 80
+    doc = json.loads(run_main(report.main, ["--format", "json"], out).out)
+    assert doc["ceiling"] is None
+    # the run's context figures are all the client's, never a mix
+    assert doc["summary"]["context_source"] == "client (cl100k estimate)"
+    assert doc["summary"]["max_context_tokens"] == est[-1]
+    assert "client estimates" in run_main(report.main, [], out).out
+
+
 def test_length_stop_with_the_window_full_is_an_overflow(api_key):
     full = sse((0.01, json.dumps({"choices": [{"index": 0, "delta": {"content": "x"}}]})),
                (0.02, json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})),
