@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every K turns ask each planted fact stated so far, in forked requests "
                         "kept out of the conversation, and give a standing rule in turn 1")
     p.add_argument("--facts", metavar="FILE", help="planted facts and the rule "
-                   "(default: prompts/lalm_facts.json)")
+                   "(default: the bundled facts)")
     p.add_argument("--probe-max-tokens", type=positive_int, default=DEFAULT_SETTINGS.probe_max_tokens, metavar="N",
                    help="max_tokens of a probe (default: %(default)s)")
     p.add_argument("--output", metavar="FILE", help="also append every record to FILE, synced to disk")

@@ -14,22 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Iterator
 
+from .bundled import bundled, open_text
 from .jsonl import (ExitCode, InputError, RecordWriter, add_common_args, new_parser, positive_int,
                     run_command)
 from .records import TIERS, Prompt
 
 PROG = "lalm-prompts"
-DEFAULT_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "prompts", "lalm_prompts.json")
+DEFAULT_FILE = bundled("lalm_prompts.json")
 
 
-def load(path: str) -> list[Prompt]:
-    """Load and check a prompt file; errors name the file and line."""
+def load(path) -> list[Prompt]:
+    """Load and check a prompt file (a path or a bundled file); errors name the file and line."""
     try:
-        with open(path, encoding="utf-8") as fp:
+        with open_text(path) as fp:
             text = fp.read()
     except OSError as e:
         raise InputError(f"{path}: {e.strerror}") from None

@@ -9,16 +9,15 @@ thousands separators, unicode minus signs and numbers written as words.
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import msgspec
 
+from .bundled import bundled, open_text
 from .jsonl import InputError
 from .records import Fact
 
-DEFAULT_FACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "prompts", "lalm_facts.json")
+DEFAULT_FACTS = bundled("lalm_facts.json")
 
 UNITS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
@@ -30,10 +29,10 @@ NUMBER_WORDS = re.compile(r"\b(?:(?:%s|and|point)[\s-]*)+\b" % "|".join(
     list(UNITS) + list(TENS) + list(SCALES) + ["minus"]), re.IGNORECASE)
 
 
-def load_facts(path: str = DEFAULT_FACTS) -> dict:
+def load_facts(path=DEFAULT_FACTS) -> dict:
     """Load and check a facts file: {rule: {text, check}, facts: [{id, stated_in, question, answer}]}."""
     try:
-        with open(path, encoding="utf-8") as fp:
+        with open_text(path) as fp:
             doc = json.load(fp)
     except OSError as e:
         raise InputError(f"{path}: {e.strerror}") from None
