@@ -1,0 +1,76 @@
+"""Reasoning against the visible answer: where an inline <think> block may open."""
+import json
+
+from hypothesis import given, strategies as st
+
+from lalmpipe.reasoning import read_stream
+
+
+def _chunks(*deltas):
+    return [[0.1 * (i + 1), json.dumps({"choices": [{"index": 0, "delta": d}]})] for i, d in enumerate(deltas)]
+
+
+def _content(*texts):
+    return _chunks(*({"content": t} for t in texts))
+
+
+# texts made of whole and partial tags, so that tags are common, not a chance
+PIECES = ["<think>", "</think>", "<thi", "nk>", "</th", "ink>", "<", "a", "b c", " ", "\n"]
+TAGGY = st.lists(st.sampled_from(PIECES), max_size=12).map("".join)
+
+
+def _labels(view):
+    return [r for _, r, _ in view.tokens]
+
+
+def test_a_think_tag_inside_the_answer_is_content():
+    v = read_stream(_content("Use the ", "<think>", " tag to open reasoning."))
+    assert (v.reasoning, v.content) == ("", "Use the <think> tag to open reasoning.")
+    assert _labels(v) == [False, False, False]
+    both = read_stream(_content("Wrap it: <thi", "nk>plan</think>", " then answer."))
+    assert (both.reasoning, both.content) == ("", "Wrap it: <think>plan</think> then answer.")
+    assert _labels(both) == [False, False, False]
+
+
+def test_after_a_finished_block_every_tag_is_content():
+    v = read_stream(_content("<think>hm</think>", "Open with <think>, close with </think>", "."))
+    assert (v.reasoning, v.content) == ("hm", "Open with <think>, close with </think>.")
+    assert _labels(v) == [True, False, False]
+    again = read_stream(_content("<think>a</think>B ", "<think>c</think> D"))
+    assert (again.reasoning, again.content) == ("a", "B <think>c</think> D")
+
+
+def test_a_block_the_template_opened_closes_once():
+    v = read_stream(_content("plan", "</think>", "Answer: <think> is ", "a tag</think>."))
+    assert (v.reasoning, v.content) == ("plan", "Answer: <think> is a tag</think>.")
+    assert _labels(v) == [True, True, False, False]
+
+
+def test_a_leading_tag_split_after_whitespace_chunks_opens_the_block():
+    v = read_stream(_content("\n", " ", "<", "thi", "nk>", "hm", "</think>", "\n\nA"))
+    assert (v.reasoning, v.content) == ("hm", "A")
+    # whitespace before the tag is not reasoning; every letter of the tag is
+    assert _labels(v) == [False, False, True, True, True, True, True, False]
+    glued = read_stream(_content("  <th", "ink>hm</think>A"))
+    assert (glued.reasoning, glued.content, _labels(glued)) == ("hm", "A", [True, True])
+
+
+def test_letters_of_a_tag_that_never_comes_are_content():
+    v = read_stream(_content(" <", "th", "ick> skin"))
+    assert (v.reasoning, v.content, _labels(v)) == ("", "<thick> skin", [False, False, False])
+
+
+@given(TAGGY, st.lists(st.integers(0, 60), max_size=6))
+def test_the_reading_does_not_depend_on_chunking(text, cuts):
+    pieces, last = [], 0
+    for c in sorted(set(min(c, len(text)) for c in cuts)) + [len(text)]:
+        pieces.append(text[last:c])
+        last = c
+    whole, chunked = read_stream(_content(text)), read_stream(_content(*pieces))
+    assert (chunked.reasoning, chunked.content) == (whole.reasoning, whole.content)
+
+
+@given(TAGGY.filter(lambda s: "</think>" not in s))
+def test_an_answer_that_starts_with_text_has_no_reasoning(text):
+    v = read_stream(_content("x", text))
+    assert (v.reasoning, v.content) == ("", ("x" + text).strip())
