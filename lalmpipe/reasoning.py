@@ -195,8 +195,15 @@ def _text(value) -> str:
 
 
 def _delta_texts(choice: dict) -> tuple[str, str]:
-    """(reasoning, content) of one delta; a server that fills both reasoning
-    fields with the same text is counted once."""
+    """(reasoning, content) of one delta.
+
+    ``reasoning_content`` and ``reasoning`` are one field under its old and new
+    name (vLLM renamed it), and a server in between may fill both with the same
+    text: the first non-empty one is read, so the text counts once. Should the
+    two ever differ, ``reasoning_content`` is read and ``reasoning`` dropped, as
+    clients that know both names do: both are meant to carry the one text, and
+    adding them would count it twice.
+    """
     delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
     reasoning = next((t for t in (_text(delta.get(f)) for f in REASONING_FIELDS) if t), "")
     return reasoning, _text(delta.get("content"))

@@ -1,4 +1,5 @@
-"""Reasoning against the visible answer: where an inline <think> block may open."""
+"""Reasoning against the visible answer: where an inline <think> block may
+open, and which reasoning field counts."""
 import json
 
 from hypothesis import given, strategies as st
@@ -74,3 +75,15 @@ def test_the_reading_does_not_depend_on_chunking(text, cuts):
 def test_an_answer_that_starts_with_text_has_no_reasoning(text):
     v = read_stream(_content("x", text))
     assert (v.reasoning, v.content) == ("", ("x" + text).strip())
+
+
+def test_a_server_that_fills_both_reasoning_fields_is_read_once():
+    same = read_stream(_chunks({"role": "assistant"}, {"reasoning_content": "Let", "reasoning": "Let"},
+                               {"reasoning_content": " me", "reasoning": " me"},
+                               {"reasoning_content": " see", "reasoning": " see"},
+                               {"content": "Ok"}, {}))
+    assert (same.reasoning, same.content) == ("Let me see", "Ok")
+    assert _labels(same) == [True, True, True, False]
+    # the two names are one field (renamed): when they disagree, reasoning_content is read
+    differ = read_stream(_chunks({"reasoning_content": "one", "reasoning": "two"}, {"reasoning": " three"}))
+    assert differ.reasoning == "one three"
