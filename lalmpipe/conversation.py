@@ -54,9 +54,10 @@ class Conversation:
     def request(self, text: str) -> list[dict]:
         return self.messages + [self._user(text)]
 
-    def add(self, prompt_id: int, text: str, content: str, reasoning: str) -> None:
-        answer = f"<think>\n{reasoning}\n</think>\n\n{content}" \
-            if self.keep_reasoning and reasoning else content
+    def add(self, prompt_id: int, text: str, view) -> None:
+        """Append the question and the answer its stream gave, as a client would,
+        so the prefix cache is measured as a real client meets it."""
+        answer = view.history_text(self.keep_reasoning)
         self.messages += [self._user(text), {"role": "assistant", "content": answer}]
         self.answered.add(prompt_id)
 
@@ -133,7 +134,7 @@ class Chat:
             time.sleep(min(wait, 60))
         status, error, view = turn_outcome(att, self.window)
         if status == STATUS_OK:
-            self.conversation.add(prompt.id, prompt.text, view.content, view.reasoning)
+            self.conversation.add(prompt.id, prompt.text, view)
         record = Turn(run_id=self.run["run_id"], turn=n,
                       prompt={"id": prompt.id, "tier": prompt.tier, "text": prompt.text},
                       sent_at=sent_at, status=status, http_status=att.http_status,

@@ -53,7 +53,7 @@ class Conversation:
         row = _metrics(turn, view, self, request_tokens, content_n, reasoning_n)
         row.update(_answer_signals(turn, view, self.rule_check))
         if turn.status == STATUS_OK:
-            answer = _add(content_n, reasoning_n) if self.keep_reasoning else content_n
+            answer = _count(view.history_text(self.keep_reasoning))   # what lalm-chat appended
             self.history_tokens = _add(request_tokens, answer)
             if row["prompt_tokens"] is not None:
                 self.prev_prompt_tokens = row["prompt_tokens"]

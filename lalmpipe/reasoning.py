@@ -87,13 +87,26 @@ class StreamView:
     """What a recorded stream says, chunk by chunk, without any clock."""
     tokens: list = field(default_factory=list)   # (t_s, is_reasoning, content_text)
     reasoning: str = ""
-    content: str = ""
+    content: str = ""                             # the visible answer, stripped
+    raw_content: str = ""                         # every delta.content as streamed, joined
+    reasoning_inline: bool = False                # raw_content carries a <think> block
     finish_reason: str | None = None
     usage: dict | None = None
     timings: dict | None = None
     error: dict | None = None                     # an error object sent inside the stream
     events: int = 0
     done: bool = False
+
+    def history_text(self, keep_reasoning: bool) -> str:
+        """Return the answer as a client appends it to the history.
+
+        That is the content exactly as streamed, an inline <think> block
+        included; reasoning sent in a field of its own goes in front of it,
+        as chat templates render it, only when it is to be kept.
+        """
+        if keep_reasoning and self.reasoning and not self.reasoning_inline:
+            return f"{OPEN}\n{self.reasoning}\n{CLOSE}\n\n{self.raw_content}"
+        return self.raw_content
 
 
 def read_stream(chunks: list) -> StreamView:
@@ -117,7 +130,8 @@ def read_stream(chunks: list) -> StreamView:
         if isinstance(obj, dict):
             deltas = [(c.get("finish_reason"), *_delta_texts(c)) for c in _choices(obj)]
             payloads.append((chunk[0], obj, chunk[2] if len(chunk) > 2 else "message", deltas))
-    reader = _Reader(view, _starts_in_think("".join(c for *_, deltas in payloads for _, _, c in deltas)))
+    view.raw_content = "".join(c for *_, deltas in payloads for _, _, c in deltas)
+    reader = _Reader(view, _starts_in_think(view.raw_content))
     for payload in payloads:
         reader.payload(*payload)
     reader.finish()
@@ -178,6 +192,7 @@ class _Reader:
         r, c = self.splitter.flush()
         self.view.reasoning = ("".join(self.reasoning) + r).strip()
         self.view.content = ("".join(self.content) + c).strip()
+        self.view.reasoning_inline = self.splitter.tags > 0
 
 
 def _choices(obj: dict) -> list[dict]:
