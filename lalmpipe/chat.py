@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra-body", type=_json_object, metavar="JSON",
                    help='more request fields, e.g. \'{"reasoning_format": "none"}\'')
     p.add_argument("--keep-reasoning", action="store_true",
-                   help="append the reasoning to the history too (default: the answer only)")
+                   help="append reasoning sent apart from the answer to the history too (default: "
+                        "the answer only, exactly as streamed: an inline <think> block is part of it)")
     p.add_argument("--num-rounds", type=positive_int, metavar="N", help="only the first N prompts")
     p.add_argument("--timeout", type=positive_seconds, default=None, metavar="S", help="bound on a whole turn")
     p.add_argument("--stall-timeout", type=positive_seconds, default=DEFAULT_SETTINGS.stall_timeout, metavar="S",

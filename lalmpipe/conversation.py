@@ -50,9 +50,10 @@ class Conversation:
     def request(self, text: str) -> list[dict]:
         return self.messages + [self._user(text)]
 
-    def add(self, prompt_id: int, text: str, content: str, reasoning: str) -> None:
-        answer = f"<think>\n{reasoning}\n</think>\n\n{content}" \
-            if self.keep_reasoning and reasoning else content
+    def add(self, prompt_id: int, text: str, view) -> None:
+        """Append the question and the answer its stream gave, as a client would,
+        so the prefix cache is measured as a real client meets it."""
+        answer = view.history_text(self.keep_reasoning)
         self.messages += [self._user(text), {"role": "assistant", "content": answer}]
         self.answered.add(prompt_id)
 
@@ -150,7 +151,7 @@ class Chat:
         status, error = outcome.classify(att.http_status, att.body, att.failure, view,
                                          self.run.server.context_window)
         if status == STATUS_OK:
-            self.conversation.add(prompt.id, prompt.text, view.content, view.reasoning)
+            self.conversation.add(prompt.id, prompt.text, view)
         record = Turn(run_id=self.run.run_id, turn=n, prompt=prompt.ref(), sent_at=sent_at,
                       status=status, http_status=att.http_status, error=error, attempts=attempts,
                       chunks=att.chunks, content=view.content, reasoning=view.reasoning)

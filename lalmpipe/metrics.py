@@ -51,11 +51,13 @@ class Conversation:
         view = read_stream(turn.chunks)
         # each text is counted once: tiktoken is the costly part of a turn
         content_n, reasoning_n = _count(view.content), _count(view.reasoning)
+        history = view.history_text(self.keep_reasoning)        # what lalm-chat appended
+        answer_n = content_n if history == view.content else _count(history)
         row = _metrics(turn, view, self, request_tokens, content_n, reasoning_n)
+        row.conversation_tokens = _add(request_tokens, answer_n)
         _answer_signals(row, turn, view, self.rule_check)
         if turn.status == STATUS_OK:
-            answer = _add(content_n, reasoning_n) if self.keep_reasoning else content_n
-            self.history_tokens = _add(request_tokens, answer)
+            self.history_tokens = _add(request_tokens, answer_n)
             if row.prompt_tokens_source == SERVER:
                 self.prev_prompt_tokens = row.prompt_tokens
             self.prev_request_tokens = request_tokens
@@ -125,7 +127,6 @@ def _metrics(turn: Turn, view, conv: Conversation, request_tokens: int | None,
         cached_tokens=cached,
         prefill_tps=r3(measure.prefill_tps(p, cached, times["ttft_s"])),
         context_tokens=None if partial else context_tokens(p, c),
-        conversation_tokens=_add(request_tokens, content_n),
         truncated=not partial and measure.truncated(p, c, conv.prev_prompt_tokens, growth, conv.window),
         server_timings=view.timings,
         prompt_tokens_source=None if p is None else UNCACHED if partial else SERVER,

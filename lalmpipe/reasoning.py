@@ -2,8 +2,8 @@
 
 Servers send reasoning three ways: ``delta.reasoning_content`` (llama.cpp,
 vLLM, LM Studio), ``delta.reasoning`` (Ollama, newer vLLM) or inline
-``<think>…</think>`` in ``delta.content``, with tags that may be split across
-chunks (``"<thi"`` + ``"nk>"``). Everything here is pure.
+``<think>…</think>`` at the start of ``delta.content``, with tags that may be
+split across chunks (``"<thi"`` + ``"nk>"``). Everything here is pure.
 """
 from __future__ import annotations
 
@@ -15,33 +15,51 @@ REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 class ThinkSplitter:
-    """Split streamed text at <think> tags, holding back a possibly partial tag."""
+    """Split streamed content at a leading <think> block, holding back a possibly partial tag.
+
+    A block opens only at the start of the answer (whitespace aside), or the
+    chat template opened it before the stream began (``in_think``). Once it
+    closes, or the answer starts with anything else, the rest is answer, tags
+    and all: a model may well write about the tags themselves.
+    """
 
     def __init__(self, in_think: bool = False):
         self.in_think = in_think
+        self.settled = False      # past the start and any block: no tag counts any more
         self.tags = 0
         self._held = ""
 
     def feed(self, text: str) -> tuple[str, str]:
         """Return the (reasoning, content) text this piece completes."""
+        if self.settled:
+            return "", text
         buf = self._held + text
         self._held = ""
-        reasoning, content = [], []
-        while buf:
-            tag = CLOSE if self.in_think else OPEN
-            out = reasoning if self.in_think else content
-            i = buf.find(tag)
-            if i >= 0:
-                out.append(buf[:i])
-                buf = buf[i + len(tag):]
-                self.in_think = not self.in_think
-                self.tags += 1
-                continue
-            k = _partial_suffix(buf, tag)
-            out.append(buf[:len(buf) - k])
-            self._held = buf[len(buf) - k:]
-            break
-        return "".join(reasoning), "".join(content)
+        if self.in_think:
+            return self._inside(buf, "")
+        body = buf.lstrip()
+        lead = buf[:len(buf) - len(body)]
+        if body.startswith(OPEN):
+            self.in_think = True
+            self.tags += 1
+            return self._inside(body[len(OPEN):], lead)
+        if OPEN.startswith(body):     # whitespace so far, or the first letters of <think>
+            self._held = body
+            return "", lead
+        self.settled = True
+        return "", buf
+
+    def _inside(self, buf: str, content: str) -> tuple[str, str]:
+        """Read buf inside the block; content is what came before it."""
+        i = buf.find(CLOSE)
+        if i >= 0:
+            self.in_think = False
+            self.settled = True
+            self.tags += 1
+            return buf[:i], content + buf[i + len(CLOSE):]
+        keep = len(buf) - _partial_suffix(buf, CLOSE)
+        self._held = buf[keep:]
+        return buf[:keep], content
 
     @property
     def holding(self) -> bool:
@@ -55,10 +73,13 @@ class ThinkSplitter:
 
 
 def _partial_suffix(buf: str, tag: str) -> int:
-    for k in range(min(len(tag) - 1, len(buf)), 0, -1):
-        if buf.endswith(tag[:k]):
-            return k
-    return 0
+    """Length of the end of buf that may be the first letters of tag.
+
+    Only the tag's first letter is a "<", so such an end starts at the last
+    "<" near the end of buf: one scan instead of a try per length.
+    """
+    j = buf.rfind("<", max(len(buf) - len(tag) + 1, 0))
+    return len(buf) - j if j >= 0 and tag.startswith(buf[j:]) else 0
 
 
 @dataclass
@@ -66,13 +87,26 @@ class StreamView:
     """What a recorded stream says, chunk by chunk, without any clock."""
     tokens: list = field(default_factory=list)   # (t_s, is_reasoning, content_text)
     reasoning: str = ""
-    content: str = ""
+    content: str = ""                             # the visible answer, stripped
+    raw_content: str = ""                         # every delta.content as streamed, joined
+    reasoning_inline: bool = False                # raw_content carries a <think> block
     finish_reason: str | None = None
     usage: dict | None = None
     timings: dict | None = None
     error: dict | None = None                     # an error object sent inside the stream
     events: int = 0
     done: bool = False
+
+    def history_text(self, keep_reasoning: bool) -> str:
+        """Return the answer as a client appends it to the history.
+
+        That is the content exactly as streamed, an inline <think> block
+        included; reasoning sent in a field of its own goes in front of it,
+        as chat templates render it, only when it is to be kept.
+        """
+        if keep_reasoning and self.reasoning and not self.reasoning_inline:
+            return f"{OPEN}\n{self.reasoning}\n{CLOSE}\n\n{self.raw_content}"
+        return self.raw_content
 
 
 def read_stream(chunks: list) -> StreamView:
@@ -94,10 +128,12 @@ def read_stream(chunks: list) -> StreamView:
         except ValueError:
             continue
         if isinstance(obj, dict):
-            payloads.append((chunk[0], obj, chunk[2] if len(chunk) > 2 else "message"))
-    reader = _Reader(view, _starts_in_think(payloads))
-    for t, obj, event in payloads:
-        reader.payload(t, obj, event)
+            deltas = [(c.get("finish_reason"), *_delta_texts(c)) for c in _choices(obj)]
+            payloads.append((chunk[0], obj, chunk[2] if len(chunk) > 2 else "message", deltas))
+    view.raw_content = "".join(c for *_, deltas in payloads for _, _, c in deltas)
+    reader = _Reader(view, _starts_in_think(view.raw_content))
+    for payload in payloads:
+        reader.payload(*payload)
     reader.finish()
     return view
 
@@ -110,9 +146,9 @@ class _Reader:
         self.splitter = ThinkSplitter(in_think)
         self.reasoning: list[str] = []
         self.content: list[str] = []
-        self.pending: int | None = None   # a chunk that may be the first letters of <think>
+        self.pending: list[int] = []   # chunks that may be the first letters of <think>
 
-    def payload(self, t: float, obj: dict, event: str) -> None:
+    def payload(self, t: float, obj: dict, event: str, deltas: list) -> None:
         view = self.view
         if "error" in obj or event == "error":
             view.error = obj.get("error", obj)
@@ -120,35 +156,43 @@ class _Reader:
             view.usage = obj["usage"]
         if isinstance(obj.get("timings"), dict) and obj["timings"]:
             view.timings = obj["timings"]
-        for choice in _choices(obj):
-            if isinstance(choice.get("finish_reason"), str):
-                view.finish_reason = choice["finish_reason"]
-            r_text, raw = _delta_texts(choice)
+        for finish_reason, r_text, raw in deltas:
+            if isinstance(finish_reason, str):
+                view.finish_reason = finish_reason
             if r_text or raw:
                 self.token(t, r_text, raw)
 
     def token(self, t: float, r_text: str, raw: str) -> None:
         splitter = self.splitter
+        if splitter.settled or not raw:   # nothing to split: the answer proper, or a reasoning field
+            self.reasoning.append(r_text)
+            self.content.append(raw)
+            self.view.tokens.append((t, bool(r_text), raw))
+            return
         tags_before = splitter.tags
-        r_split, c_text = splitter.feed(raw) if raw else ("", "")
+        r_split, c_text = splitter.feed(raw)
         self.reasoning.append(r_text + r_split)
         self.content.append(c_text)
         opened = splitter.tags != tags_before
-        if self.pending is not None:
-            # the held letters did open a <think> block, or were just text
-            t0, _, c0 = self.view.tokens[self.pending]
-            self.view.tokens[self.pending] = (t0, opened, c0)   # outside a block, a tag opens one
-            self.pending = None
-        # a chunk that is only a tag belongs to the reasoning it opens or closes
-        is_reasoning = bool(r_text or r_split) or (not c_text and (splitter.in_think or opened))
-        if not is_reasoning and not c_text and splitter.holding:
-            self.pending = len(self.view.tokens)
-        self.view.tokens.append((t, is_reasoning, c_text))
+        tokens = self.view.tokens
+        if opened:                     # the held letters did open the block
+            for i in self.pending:
+                tokens[i] = (tokens[i][0], True, tokens[i][2])
+        # a chunk that is only a tag belongs to the reasoning it opens or closes, and
+        # so does the whitespace before an opening one
+        is_reasoning = bool(r_text or r_split) or (not c_text and opened) \
+            or (splitter.in_think and not c_text.strip())
+        if opened or not splitter.holding:
+            self.pending.clear()
+        elif not is_reasoning:
+            self.pending.append(len(tokens))
+        tokens.append((t, is_reasoning, c_text))
 
     def finish(self) -> None:
         r, c = self.splitter.flush()
         self.view.reasoning = ("".join(self.reasoning) + r).strip()
         self.view.content = ("".join(self.content) + c).strip()
+        self.view.reasoning_inline = self.splitter.tags > 0
 
 
 def _choices(obj: dict) -> list[dict]:
@@ -166,15 +210,22 @@ def _text(value) -> str:
 
 
 def _delta_texts(choice: dict) -> tuple[str, str]:
-    """(reasoning, content) of one delta; a server that fills both reasoning
-    fields with the same text is counted once."""
+    """(reasoning, content) of one delta.
+
+    ``reasoning_content`` and ``reasoning`` are one field under its old and new
+    name (vLLM renamed it), and a server in between may fill both with the same
+    text: the first non-empty one is read, so the text counts once. Should the
+    two ever differ, ``reasoning_content`` is read and ``reasoning`` dropped, as
+    clients that know both names do: both are meant to carry the one text, and
+    adding them would count it twice.
+    """
     delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
     reasoning = next((t for t in (_text(delta.get(f)) for f in REASONING_FIELDS) if t), "")
     return reasoning, _text(delta.get("content"))
 
 
-def _starts_in_think(payloads) -> bool:
-    """Tell if inline reasoning opens without <think> (the template added it)."""
-    joined = "".join(_delta_texts(choice)[1] for _, obj, _ in payloads for choice in _choices(obj))
-    close = joined.find(CLOSE)
-    return close >= 0 and joined.find(OPEN, 0, close) < 0
+def _starts_in_think(content: str) -> bool:
+    """Tell if inline reasoning opens without <think> (the template added it):
+    a </think> comes before any <think>."""
+    close = content.find(CLOSE)
+    return close >= 0 and content.find(OPEN, 0, close) < 0

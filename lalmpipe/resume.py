@@ -7,6 +7,7 @@ import json
 import os
 
 from .jsonl import InputError, UsageError, checked_records
+from .reasoning import read_stream
 from .records import STATUS_OK, Prompt, Run, Turn
 
 
@@ -47,7 +48,8 @@ class PreviousRun:
         """Rebuild the history; return the prompts still to do and the next turn number."""
         for t in self.turns:
             if t.status == STATUS_OK:
-                conversation.add(t.prompt.id, t.prompt.text, t.content, t.reasoning)
+                # from the chunks, not the stripped `content`: the history is the stream's own text
+                conversation.add(t.prompt.id, t.prompt.text, read_stream(t.chunks))
         # every turn keeps its number, an interrupted one too: numbers stay unique
         first = max((t.turn for t in self.turns), default=0) + 1
         todo = [p for p in prompts if p.id not in conversation.answered]

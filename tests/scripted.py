@@ -89,6 +89,14 @@ def sse(*events: tuple[float, str]) -> Script:
     return Script(events=[(t, encode_event(d)) for t, d in events])
 
 
+def deltas_script(deltas: list[dict], wait_s: float = 0.0) -> Script:
+    """A role chunk, then one chunk a millisecond per delta after wait_s, the finish and [DONE]."""
+    t = 0.02 + wait_s + 0.001 * len(deltas)
+    return sse((0.01, _chunk({"role": "assistant"})),
+               *((0.02 + wait_s + 0.001 * i, _chunk(d)) for i, d in enumerate(deltas)),
+               (t, _chunk({}, finish="stop")), (t + 0.001, "[DONE]"))
+
+
 class ForkedServer:
     """A ScriptedServer in a child process, so its pacing never shares the
     client's interpreter lock: the timing truth stays the schedule."""

@@ -7,7 +7,7 @@ import pytest
 from conftest import SECRET, prompts_jsonl, run_main
 from lalmpipe import chat, metrics
 from lalmpipe.replay import Script
-from scripted import DIALECTS, ForkedServer as ScriptedServer, stream
+from scripted import DIALECTS, ForkedServer as ScriptedServer, deltas_script, stream
 
 TTFTS = [0.120, 0.180, 0.240]
 
@@ -45,7 +45,7 @@ def test_metrics_match_the_schedule_in_every_dialect(dialect, api_key):
             assert row["completion_tokens"] == truth.completion_tokens
             assert row["context_tokens"] == truth.prompt_tokens + truth.completion_tokens
             assert row["cached_tokens"] == 40 * (row["turn"] - 1)
-        assert row["tokens_source"] == ("server" if dialect == "vllm" else "server+tiktoken")
+            assert row["tokens_source"] == ("server" if dialect == "vllm" else "server+tiktoken")
         if truth.reasoning_tokens:
             # 30 reasoning chunks at 100/s (+2 tag chunks inline): 0.29 s, or 0.31 s
             expected = 0.29 if dialect != "think_inline" else 0.32
@@ -95,6 +95,24 @@ def test_reasoning_stays_out_of_the_history_unless_kept(api_key):
         with ScriptedServer(lambda i, b: _answer_script("Answer.", reasoning="mull")) as server:
             chat_and_measure(server, ["a", "b"], *flag)
             assert server.requests[1]["body"]["messages"][1]["content"] == expected
+
+
+# an answer wrapped in whitespace, with its reasoning inline, as a server streams it
+SPACED = ["\n", "<think>", "\nweigh it\n", "</think>", "\n\n", "  The answer", " is 42.  ", "\n"]
+
+
+def test_the_history_gets_the_answer_exactly_as_streamed(api_key):
+    for flag in (), ("--keep-reasoning",):       # inline reasoning is in the content already
+        with ScriptedServer(lambda i, b: deltas_script([{"content": d} for d in SPACED])) as server:
+            ran, _ = chat_and_measure(server, ["a", "b"], *flag)
+            history = server.requests[1]["body"]["messages"]
+        assert history[1] == {"role": "assistant", "content": "".join(SPACED)}
+        turn = ran.records[1]
+        assert (turn["content"], turn["reasoning"]) == ("The answer is 42.", "weigh it")
+    separate = [{"reasoning_content": " mull "}, {"content": " Answer. "}]
+    with ScriptedServer(lambda i, b: deltas_script(separate)) as server:
+        chat_and_measure(server, ["a", "b"], "--keep-reasoning")
+        assert server.requests[1]["body"]["messages"][1]["content"] == "<think>\nmull\n</think>\n\n Answer. "
 
 
 def test_options_change_the_request(api_key):

@@ -168,6 +168,6 @@ def test_installed_chat_finds_its_facts(venv_bin, elsewhere):
     with open(FACTS, encoding="utf-8") as fp:
         facts = json.load(fp)
     [run_record] = [r for r in records if r["kind"] == "run"]
-    assert run_record["params"]["rule"] == facts["rule"]
-    assert run_record["params"]["facts"] == [f["id"] for f in facts["facts"]]
+    assert run_record["settings"]["rule"] == facts["rule"]
+    assert [f["id"] for f in run_record["settings"]["facts"]] == [f["id"] for f in facts["facts"]]
     assert [r["status"] for r in records if r["kind"] == "turn"] == ["ok"]

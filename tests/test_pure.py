@@ -157,12 +157,6 @@ def test_odd_chunk_shapes_do_not_break_the_reading():
     assert parts.content == "Hello" and len(parts.tokens) == 1 and parts.usage is None
 
 
-def test_a_server_that_mirrors_reasoning_in_both_fields_is_counted_once():
-    v = read_stream(_chunks({"reasoning_content": "Let", "reasoning": "Let"},
-                            {"reasoning_content": " me", "reasoning": " me"}, {"content": "Ok"}))
-    assert v.reasoning == "Let me"
-
-
 def test_a_lone_angle_bracket_in_the_answer_is_not_reasoning():
     v = read_stream(_chunks({"content": "vector"}, {"content": "<"}, {"content": "float> x"}))
     assert v.content == "vector<float> x" and v.reasoning == ""

@@ -12,8 +12,9 @@ import pytest
 
 from conftest import ROOT, prompts_jsonl, run_main
 from lalmpipe import chat, metrics
+from lalmpipe.reasoning import read_stream
 from lalmpipe.replay import Script
-from scripted import ForkedServer, stream
+from scripted import ForkedServer, deltas_script, stream
 
 PROMPTS = [f"question number {i}" for i in range(1, 7)]
 
@@ -56,7 +57,8 @@ def check_complete(path, requests):
     # the last request carried the whole history: five questions with their answers
     last = requests[-1]["body"]["messages"]
     assert [m["content"] for m in last if m["role"] == "user"] == PROMPTS
-    assert [m["content"] for m in last if m["role"] == "assistant"] == [t["content"] for t in ok[:5]]
+    assert [m["content"] for m in last if m["role"] == "assistant"] == [
+        read_stream(t["chunks"]).raw_content for t in ok[:5]]
     return recs
 
 
@@ -285,3 +287,43 @@ def test_a_signal_between_the_file_and_stdout_loses_nothing(tmp_path, api_key):
     recs = lines(out)
     assert [r["kind"] for r in recs] == ["run", "turn"] and recs[1]["status"] == "ok"
     assert [json.loads(line) for line in stdout.getvalue().splitlines()] == recs
+
+
+def spaced_answer(dialect, slow_request=None):
+    """Answers wrapped in whitespace, with reasoning inline or in a field of its own;
+    the request numbered slow_request holds its answer back for 5 s."""
+    def answer(i, body):
+        n = sum(m["role"] == "user" for m in body["messages"])
+        if dialect == "inline":
+            texts = ("\n", "<think>", f"\nweigh {n}\n", "</think>", f"\n\n  Answer {n}.  \n")
+            deltas = [{"content": t} for t in texts]
+        else:
+            deltas = [{"reasoning_content": f" weigh {n} "}, {"content": f"  Answer {n}.  \n"}]
+        return deltas_script(deltas, wait_s=5.0 if i == slow_request else 0.0)
+    return answer
+
+
+@pytest.mark.parametrize("dialect, flags", [("inline", []), ("reasoning_content", ["--keep-reasoning"])])
+def test_a_resumed_run_sends_the_history_an_uninterrupted_one_sends(tmp_path, api_key, dialect, flags):
+    with ForkedServer(spaced_answer(dialect)) as srv:
+        whole = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q", *flags],
+                         prompts_jsonl(PROMPTS))
+        assert whole.code == 0, whole.err
+        expected = [r["body"]["messages"] for r in srv.requests]
+    # the answers go back exactly as streamed: whitespace and an inline block kept
+    answers = [m["content"] for m in expected[-1] if m["role"] == "assistant"]
+    lead = "\n" if dialect == "inline" else ""
+    assert answers == [f"{lead}<think>\nweigh {n}\n</think>\n\n  Answer {n}.  \n" for n in range(1, 6)]
+    out = tmp_path / "run.jsonl"
+    with ForkedServer(spaced_answer(dialect, slow_request=2)) as srv:
+        proc = start_chat(srv.base_url, out, *flags)
+        wait_for_turns(out, 2)
+        time.sleep(0.2)                                      # turn 3 waits for its answer
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+        assert lines(out)[-1]["status"] == "interrupted"
+        resumed = start_chat(srv.base_url, out, "--resume")  # the run's own --keep-reasoning
+        _, stderr = resumed.communicate(timeout=60)
+        got = [r["body"]["messages"] for r in srv.requests]
+    assert resumed.returncode == 0, stderr
+    assert got == expected[:3] + expected[2:]                # turn 3 asked twice, the same way
