@@ -7,8 +7,10 @@ split across chunks (``"<thi"`` + ``"nk>"``). Everything here is pure.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
 
 OPEN, CLOSE = "<think>", "</think>"
 REASONING_FIELDS = ("reasoning_content", "reasoning")
@@ -115,27 +117,88 @@ def read_stream(chunks: list) -> StreamView:
     A token chunk is one that carries reasoning or content text; a role-only
     or empty delta, the usage chunk and ``[DONE]`` are not tokens.
     """
-    view = StreamView()
+    view = StreamView(events=len(chunks))
     payloads = []
     for chunk in chunks:
-        view.events += 1
         data = chunk[1]
         if data == "[DONE]":
             view.done = True
             continue
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            deltas = [(c.get("finish_reason"), *_delta_texts(c)) for c in _choices(obj)]
-            payloads.append((chunk[0], obj, chunk[2] if len(chunk) > 2 else "message", deltas))
-    view.raw_content = "".join(c for *_, deltas in payloads for _, _, c in deltas)
+        parsed = _parse(data, chunk[2] if len(chunk) > 2 else "message")
+        if parsed is not None:
+            payloads.append((chunk[0], *parsed))
+    view.raw_content = "".join(c for _, deltas, *_ in payloads for _, _, c in deltas)
     reader = _Reader(view, _starts_in_think(view.raw_content))
     for payload in payloads:
         reader.payload(*payload)
     reader.finish()
     return view
+
+
+class _Delta(msgspec.Struct):
+    content: str | list | None = None
+    reasoning_content: str | list | None = None
+    reasoning: str | list | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+    finish_reason: str | None = None
+
+
+class _Payload(msgspec.Struct):
+    """The parts of a chunk that matter, as nearly every server sends them."""
+    choices: list[_Choice] | None = None
+    usage: dict | None = None
+    timings: dict | None = None
+    error: Any = None
+
+
+_decode_payload = msgspec.json.Decoder(_Payload).decode
+_decode_any = msgspec.json.Decoder().decode
+
+
+def _parse(data: str, event: str) -> tuple | None:
+    """(deltas, usage, timings, error) of one event; None if it is not a JSON object.
+
+    The usual shape is decoded straight into typed parts; anything else
+    (an odd field type, an error event) is read the slow, lenient way.
+    """
+    if event == "message":
+        try:
+            p = _decode_payload(data)
+        except msgspec.ValidationError:
+            pass
+        except msgspec.DecodeError:
+            return None
+        else:
+            deltas = [(c.finish_reason, *_texts(c.delta)) for c in p.choices or ()]
+            return deltas, p.usage or None, p.timings or None, p.error
+    try:
+        obj = _decode_any(data)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    deltas = [(c.get("finish_reason") if isinstance(c.get("finish_reason"), str) else None,
+               *_delta_texts(c)) for c in _choices(obj)]
+    usage, timings = obj.get("usage"), obj.get("timings")
+    error = obj.get("error", obj) if event == "error" else obj.get("error")
+    return (deltas, usage if isinstance(usage, dict) and usage else None,
+            timings if isinstance(timings, dict) and timings else None, error)
+
+
+def _texts(delta: _Delta | None) -> tuple[str, str]:
+    """(reasoning, content) of a typed delta; see `_delta_texts`."""
+    if delta is None:
+        return "", ""
+    content = delta.content
+    if type(content) is not str:
+        content = _text(content)
+    reasoning = delta.reasoning_content
+    if type(reasoning) is not str or not reasoning:
+        reasoning = _text(reasoning) or _text(delta.reasoning)
+    return reasoning, content
 
 
 class _Reader:
@@ -148,16 +211,16 @@ class _Reader:
         self.content: list[str] = []
         self.pending: list[int] = []   # chunks that may be the first letters of <think>
 
-    def payload(self, t: float, obj: dict, event: str, deltas: list) -> None:
+    def payload(self, t: float, deltas: list, usage: dict | None, timings: dict | None, error) -> None:
         view = self.view
-        if "error" in obj or event == "error":
-            view.error = obj.get("error", obj)
-        if isinstance(obj.get("usage"), dict) and obj["usage"]:
-            view.usage = obj["usage"]
-        if isinstance(obj.get("timings"), dict) and obj["timings"]:
-            view.timings = obj["timings"]
+        if error is not None:
+            view.error = error
+        if usage is not None:
+            view.usage = usage
+        if timings is not None:
+            view.timings = timings
         for finish_reason, r_text, raw in deltas:
-            if isinstance(finish_reason, str):
+            if finish_reason is not None:
                 view.finish_reason = finish_reason
             if r_text or raw:
                 self.token(t, r_text, raw)
