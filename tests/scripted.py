@@ -1,10 +1,11 @@
-"""Streams in each real server dialect, on an exact schedule whose truth is known."""
+"""Streams in each real server dialect, on an exact schedule whose truth is known,
+and the server that plays them."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 
-from lalmpipe.replay import Script
+from lalmpipe.replay import ReplayServer, Script, models_routes
 from lalmpipe.sse import encode_event
 
 # each of these is exactly one cl100k_base token, however many are joined
@@ -89,6 +90,46 @@ def sse(*events: tuple[float, str]) -> Script:
     return Script(events=[(t, encode_event(d)) for t, d in events])
 
 
+# planted facts and a standing rule for the recall probes (lalm-chat --facts)
+FACTS = {"rule": {"text": "End every answer with the word OVER.", "check": r"OVER\W*$"},
+         "facts": [{"id": "tempo", "stated_in": 1, "question": "What tempo, in BPM?", "answer": "92 BPM"},
+                   {"id": "bins", "stated_in": 2, "question": "How many mel bins?", "answer": "128"},
+                   {"id": "later", "stated_in": 9, "question": "Never stated yet?", "answer": "7"}]}
+FORGETS_AT = 1000   # the scripted model answers probes right below this many prompt tokens
+
+
+def scripted_model(i, body):
+    """Prompt tokens grow 100 a message; probes are answered right until FORGETS_AT;
+    the rule is kept until the sixth user message."""
+    messages = body["messages"]
+    prompt_tokens = 100 * len(messages)
+    question = messages[-1]["content"]
+    fact = next((f for f in FACTS["facts"] if f["question"] == question), None)
+    if fact:
+        text = fact["answer"] if prompt_tokens < FORGETS_AT else "I am not sure, 60 maybe."
+    else:
+        users = sum(m["role"] == "user" for m in messages)
+        text = "An answer. OVER" if users < 6 else "An answer without the word."
+    return sse((0.01, json.dumps({"choices": [{"index": 0, "delta": {"content": text}}]})),
+               (0.02, json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                                  "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 5}})),
+               (0.03, "[DONE]"))
+
+
+class ScriptedServer(ReplayServer):
+    """lalm-replay's server answering from any script, with the models and routes
+    of a real server (/props, /api/show, ...), telling `on_request` each request."""
+
+    def __init__(self, answer, on_request, models=("scripted",), routes=None, **kwargs):
+        super().__init__(answer, model=models[0], **kwargs)
+        self.routes.update({**models_routes(models), **(routes or {})})
+        self.on_request = on_request
+
+    def next_script(self, request: dict) -> Script:
+        self.on_request(request)
+        return super().next_script(request)
+
+
 def deltas_script(deltas: list[dict], wait_s: float = 0.0) -> Script:
     """A role chunk, then one chunk a millisecond per delta after wait_s, the finish and [DONE]."""
     t = 0.02 + wait_s + 0.001 * len(deltas)
@@ -103,11 +144,10 @@ class ForkedServer:
 
     def __init__(self, answer, **kwargs):
         import multiprocessing
-        from lalmpipe.replay import ScriptedServer
 
         ctx = multiprocessing.get_context("fork")
         self._queue = ctx.Queue()
-        self._server = ScriptedServer(answer, on_request=self._queue.put, **kwargs)
+        self._server = ScriptedServer(answer, self._queue.put, **kwargs)
         self._proc = ctx.Process(target=self._serve, daemon=True)
         self._requests: list[dict] = []
         self.base_url = self._server.base_url

@@ -6,7 +6,7 @@ import pytest
 from conftest import prompts_jsonl, run_main
 from lalmpipe import chat, metrics, recall, report
 from lalmpipe.recall import DEFAULT_FACTS, load_facts
-from scripted import ForkedServer, sse
+from scripted import FACTS, ForkedServer, scripted_model
 
 
 @pytest.mark.parametrize("answer, expected, ok", [
@@ -53,31 +53,6 @@ def test_a_bad_facts_file_is_named(tmp_path, api_key):
     ran = run_main(chat.main, ["--base-url", "http://127.0.0.1:9/v1", "--probe-every", "2",
                                "--facts", str(f)], prompts_jsonl(["a"]))
     assert ran.code == 1 and f"{f}: fact x: the answer must hold a number" in ran.err
-
-
-FACTS = {"rule": {"text": "End every answer with the word OVER.", "check": r"OVER\W*$"},
-         "facts": [{"id": "tempo", "stated_in": 1, "question": "What tempo, in BPM?", "answer": "92 BPM"},
-                   {"id": "bins", "stated_in": 2, "question": "How many mel bins?", "answer": "128"},
-                   {"id": "later", "stated_in": 9, "question": "Never stated yet?", "answer": "7"}]}
-FORGETS_AT = 1000   # the scripted model answers probes right below this many prompt tokens
-
-
-def scripted_model(i, body):
-    """Prompt tokens grow 100 a message; probes are answered right until FORGETS_AT;
-    the rule is kept until the sixth user message."""
-    messages = body["messages"]
-    prompt_tokens = 100 * len(messages)
-    question = messages[-1]["content"]
-    fact = next((f for f in FACTS["facts"] if f["question"] == question), None)
-    if fact:
-        text = fact["answer"] if prompt_tokens < FORGETS_AT else "I am not sure, 60 maybe."
-    else:
-        users = sum(m["role"] == "user" for m in messages)
-        text = "An answer. OVER" if users < 6 else "An answer without the word."
-    return sse((0.01, json.dumps({"choices": [{"index": 0, "delta": {"content": text}}]})),
-               (0.02, json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                                  "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 5}})),
-               (0.03, "[DONE]"))
 
 
 def test_probes_find_the_effective_context_and_stay_out_of_the_conversation(tmp_path, api_key):

@@ -2,16 +2,21 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
 import pytest
 
-from conftest import ROOT, run_main
+from conftest import ROOT, prompts_jsonl, run_main
 from lalmpipe import chat, metrics
 from lalmpipe.localserver import free_port
+from lalmpipe.records import Turn
+from lalmpipe.replay import ReplayServer, Script, script_from_record
+from scripted import FACTS, ForkedServer, scripted_model, stream
 
 EXAMPLE = os.path.join(ROOT, "docs", "examples", "smollm2.jsonl")
 
@@ -53,7 +58,7 @@ def test_round_trip_keeps_ttft_and_decode_speed(api_key):
     finally:
         code, err = stop(proc)
     assert again.code == 0, again.err
-    assert code == 0 and "not the recorded prompt" not in err
+    assert code == 130 and "not the recorded prompt" not in err
     replayed = again.records[1:]
     # the same events, byte-exact
     assert [[c[1] for c in t["chunks"]] for t in replayed] == [[c[1] for c in t["chunks"]] for t in turns]
@@ -117,3 +122,118 @@ def test_replay_help_and_bad_recording(tmp_path):
     p = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "lalm-replay"), str(bad)],
                        capture_output=True, text=True)
     assert p.returncode == 1 and p.stderr == f"lalm-replay: error: {bad}:2: invalid JSON\n"
+
+
+def facts_file(path, doc=FACTS):
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def rerun(recording, argv, prompts, *replay_args):
+    """Run lalm-chat with `argv` against lalm-replay serving `recording`."""
+    proc, url = start_replay(str(recording), *replay_args)
+    try:
+        again = run_main(chat.main, ["--base-url", url, *argv], prompts)
+    finally:
+        code, err = stop(proc)
+    return again, err
+
+
+def answers(out):
+    """What a recording's requests got: kind, status, error kind, content, chunk texts."""
+    return [(r["kind"], r["status"], (r["error"] or {}).get("kind"), r["content"], [c[1] for c in r["chunks"]])
+            for r in map(json.loads, out.splitlines()) if r["kind"] in ("turn", "probe")]
+
+
+def test_a_probed_run_replays_in_step(api_key, tmp_path):
+    argv = ["--model", "m", "-q", "--probe-every", "2", "--facts", facts_file(tmp_path / "facts.json"),
+            "--probe-max-tokens", "20"]
+    prompts = prompts_jsonl([f"prompt {i}" for i in range(1, 7)])
+    with ForkedServer(scripted_model) as srv:
+        first = run_main(chat.main, ["--base-url", srv.base_url, *argv], prompts)
+    recording = tmp_path / "probed.jsonl"
+    recording.write_text(first.out)
+    again, err = rerun(recording, argv, prompts, "--speed", "0")
+    assert first.code == again.code == 0, again.err
+    assert [a[0] for a in answers(first.out)].count("probe") == 6
+    assert answers(again.out) == answers(first.out)
+    assert "not the recorded" not in err and "is not the question" not in err
+
+    def recalls(out):
+        return [(r["after_turn"], r["fact_id"], r["answer"], r["correct"])
+                for r in run_main(metrics.main, [], out).records if r["kind"] == "recall"]
+    assert recalls(first.out) == [(2, "tempo", "92 BPM", True), (2, "bins", "128", True),
+                                  (4, "tempo", "92 BPM", True), (4, "bins", "128", True),
+                                  (6, "tempo", "I am not sure, 60 maybe.", False),
+                                  (6, "bins", "I am not sure, 60 maybe.", False)]
+    assert recalls(again.out) == recalls(first.out)
+
+
+def test_a_probe_asked_something_else_is_said(api_key, tmp_path):
+    with ForkedServer(scripted_model) as srv:
+        first = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q", "--probe-every", "1",
+                                     "--facts", facts_file(tmp_path / "facts.json")], prompts_jsonl(["prompt 1"]))
+    recording = tmp_path / "probed.jsonl"
+    recording.write_text(first.out)
+    other = dict(FACTS, facts=[dict(FACTS["facts"][0], question="What key?")])
+    again, err = rerun(recording, ["--model", "m", "-q", "--probe-every", "1",
+                                   "--facts", facts_file(tmp_path / "other.json", other)],
+                       prompts_jsonl(["prompt 1"]), "--speed", "0")
+    assert "request 2: last user message is not the question of fact tempo" in err
+    assert answers(again.out) == answers(first.out)
+
+
+def test_a_recorded_stall_replays_as_a_stall(api_key, tmp_path):
+    stall = stream("plain", n_content=30, ttft_s=0.02, rate_tps=500)[0]
+    stall.events = stall.events[:5] + [(30.0, stall.events[5][1])]
+    argv = ["--model", "m", "-q", "--stall-timeout", "0.5"]
+    prompts = prompts_jsonl(["first", "second"])
+    with ForkedServer(lambda i, b: stream("plain", n_content=3, ttft_s=0.01)[0] if i == 0 else stall) as srv:
+        first = run_main(chat.main, ["--base-url", srv.base_url, *argv], prompts)
+    recording = tmp_path / "stalled.jsonl"
+    recording.write_text(first.out)
+    t0 = time.monotonic()
+    again, _ = rerun(recording, argv, prompts)
+    assert time.monotonic() - t0 < 5
+    ((_, status, kind, _, texts),) = [a for a in answers(again.out) if a[1] != "ok"]
+    assert (status, kind) == ("error", "timeout") and len(texts) == 5
+    assert answers(again.out) == answers(first.out)
+
+
+def test_a_timeout_replays_as_silence_and_a_lost_connection_as_a_reset():
+    def turn(**fields):
+        return Turn.from_dict({"kind": "turn", "v": 1, "run_id": "r", "turn": 1, "prompt": {"text": "q"},
+                               "sent_at": "t", "status": "error", **fields})
+    timeout = {"kind": "timeout", "message": "no bytes for 0.5 s", "body": None}
+    before_headers = script_from_record(turn(http_status=None, error=timeout))
+    assert (before_headers.status, before_headers.events, before_headers.end) == (None, [], "stall")
+    mid_stream = script_from_record(turn(http_status=200, error=timeout, chunks=[[0.1, "{}"]]))
+    assert (mid_stream.status, mid_stream.events, mid_stream.end) == (200, [(0.1, b"data: {}\n\n")], "stall")
+    lost = {"kind": "connection", "message": "ConnectError", "body": None}
+    assert script_from_record(turn(http_status=None, error=lost)).end == "reset"
+
+
+def test_a_stall_held_open_ends_with_the_server():
+    server = ReplayServer(lambda i, b: Script(events=[(0, b"data: {}\n\n")], end="stall"), model="m")
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    with socket.create_connection(server.server_address, timeout=0.3) as client:
+        client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        got = b""
+        while b"data: {}" not in got:
+            got += client.recv(4096)
+        with pytest.raises(socket.timeout):       # held open, silent
+            client.recv(4096)
+        t0 = time.monotonic()
+        server.shutdown()
+        server.server_close()
+        assert time.monotonic() - t0 < 0.5
+        client.settimeout(2)
+        assert client.recv(4096) == b""            # the held connection is let go
+
+
+def test_ctrl_c_exits_130_without_a_traceback():
+    proc, _ = start_replay(EXAMPLE)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(10)
+    err = proc.stderr.read()
+    assert proc.returncode == 130 and err == "lalm-replay: interrupted\n"
