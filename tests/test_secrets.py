@@ -99,7 +99,7 @@ def test_no_credential_is_written_whatever_the_server_answers(api_key, tmp_path,
     run, turn = ran.records[:2]
     port = srv.base_url.rsplit(":", 1)[1].split("/")[0]
     assert run["base_url"] == f"http://***@127.0.0.1:{port}/v1?api_key=***&tag=x"
-    assert run["model"] == "replay"        # the model listing was asked with the query too
+    assert run["model"] == "scripted"      # the model listing was asked with the query too
     if case == "answered":
         assert [r["status"] for r in ran.records[1:]] == ["ok", "ok"]
         return
