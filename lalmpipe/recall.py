@@ -105,14 +105,14 @@ NUMBER_WORDS = re.compile(
 TYPOGRAPHY = str.maketrans({"\u2212": "-", "\u2013": "-", "\u2010": "-", "\u2011": "-",
                             "\u2019": "'", "\u2236": ":"})
 SEPARATOR = re.compile(r"(?<=\d)[,\u2009\u202f\u00a0](?=\d{3}(?!\d))")
-NUMBER = re.compile(r"(?<![\w.])([-+]?)(\d+(?:\.\d+)?)(k(?![a-z\u03c9]))?")
+NUMBER = re.compile(r"(?:(?<![\w.])|(?<=\d[x\u00d7]))([-+]?)(\d+(?:\.\d+)?)(k(?![a-z\u03c9]))?")   # 8x1024
 _END = r"(?!\w|\.\d)"
 RATIO = re.compile(rf"(?<![\w.])(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?){_END}"
                    rf"|(?<![\w.])(\d+(?:\.\d+)?)[\s-]*to[\s-]*(?:1|one){_END}")
 _COMPACT = {k.replace(" ", ""): k for k in UNITS}     # "dbtp" -> "db tp"
 UNIT = re.compile(r"[\s-]*(%s)(?!\w)" % "|".join(
     r"[\s-]*".join(map(re.escape, k.split())) for k in sorted(UNITS, key=len, reverse=True)))
-JOIN = re.compile(r"\s*(?:-|to|or|and|,|versus|vs\.?)(?:\s+(?:maybe|perhaps|possibly))?\s*")
+JOIN = re.compile(r"\s*(?:-|to|or|versus|vs\.?)(?:\s+(?:maybe|perhaps|possibly))?\s*")
 CLAUSE = re.compile(r"[,;.!?()\[\]\n\u2014\d]|\b(?:and|but|while|whereas|with)\b")
 # words after which a number stands alone rather than counting something
 STOPWORDS = set("or and to at in on with for is was but not maybe perhaps i it as the a an by "
@@ -277,7 +277,8 @@ def read(text: str) -> list[Mention]:
     found.sort(key=lambda m: m.span)
     for i in range(len(found) - 2, -1, -1):   # "44.1 or 48 kHz": the unit carries back
         here, after = found[i], found[i + 1]
-        if here.bare and after.unit and after.unit != "ratio" \
+        stands_alone = t[here.span[1] - 1] == "k"    # 48k
+        if here.bare and not stands_alone and after.unit and after.unit != "ratio" \
                 and JOIN.fullmatch(t[here.span[1]:after.span[0]]):
             found[i] = here._replace(unit=after.unit, bare=False)
     return found
