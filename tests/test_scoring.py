@@ -49,14 +49,15 @@ ANSWERS = [
     ("loudness_target", "-1.4 LUFS", False),
     ("loudness_target", "-14 LUFS, or -16 for Apple Music", False),
     ("loudness_target", "I'm not sure, maybe -14 LUFS?", False),   # hedged: not recalled
-    # the vocal compressor's ratio, 4:1
-    ("compressor_ratio", "4:1", True),
-    ("compressor_ratio", "4 to 1", True),
-    ("compressor_ratio", "four-to-one", True),
-    ("compressor_ratio", "A 4:1 ratio; the bus compressor is 2:1.", True),
-    ("compressor_ratio", "attack 4 ms ... 2:1", False),
-    ("compressor_ratio", "4 ms", False),
-    ("compressor_ratio", "4:1 or 8:1", False),
+    # the vocal compressor's ratio, 3.5:1
+    ("compressor_ratio", "3.5:1", True),
+    ("compressor_ratio", "3.5 to 1", True),
+    ("compressor_ratio", "three and a half to one", True),
+    ("compressor_ratio", "7:2", True),
+    ("compressor_ratio", "A 3.5:1 ratio; the bus compressor is 2:1.", True),
+    ("compressor_ratio", "attack 3.5 ms ... 2:1", False),
+    ("compressor_ratio", "3.5 ms", False),
+    ("compressor_ratio", "3.5:1 or 4:1", False),
     # its release, 120 ms
     ("compressor_release", "0.12 s", True),
     ("compressor_release", "One hundred and twenty milliseconds.", True),
@@ -72,20 +73,58 @@ ANSWERS = [
     ("low_cut", "9 Hz", False),
     ("low_cut", "90 dB", False),
     ("low_cut", "You haven't mentioned a low cut.", False),
-    # the mel view, 128 bins
-    ("mel_bins", "128 mel bins", True),
-    ("mel_bins", "128 bins", True),
-    ("mel_bins", "one hundred twenty-eight", True),
-    ("mel_bins", "a 128-bin log-mel", True),
-    ("mel_bins", "128 Hz", False),
-    ("mel_bins", "64 or 128", False),
+    # the mel view, 96 bins
+    ("mel_bins", "96 mel bins", True),
+    ("mel_bins", "96 bins", True),
+    ("mel_bins", "ninety-six", True),
+    ("mel_bins", "a 96-bin log-mel", True),
+    ("mel_bins", "96 Hz", False),
+    ("mel_bins", "64 or 96", False),
+    ("mel_bins", "128 mel bins", False),
     ("mel_bins", "I don't have access to earlier messages.", False),
-    # the codec, 8 codebooks of 1,024 entries
-    ("codebooks", "eight codebooks with one thousand twenty-four entries", True),
-    ("codebooks", "8 codebooks, 1024 codes each", True),
-    ("codebooks", "8 codebooks", False),
-    ("codebooks", "1,024 codebooks of 8 entries", False),
-    ("codebooks", "8 codebooks of 1k entries", False),
+    # the codec, 9 codebooks of 1,024 entries
+    ("codebooks", "nine codebooks with one thousand twenty-four entries", True),
+    ("codebooks", "9 codebooks, 1024 codes each", True),
+    ("codebooks", "9 quantizers x 1024 entries", True),
+    ("codebooks", "9 codebooks", False),
+    ("codebooks", "1,024 codebooks of 9 entries", False),
+    ("codebooks", "9 codebooks of 1k entries", False),
+    # the intro, 38 s
+    ("intro_length", "thirty-eight seconds", True),
+    ("intro_length", "38 ms", False),
+    # MixNotes, 1,700 hours
+    ("mixnotes_hours", "about 1700 hrs", True),
+    ("mixnotes_hours", "1,700 minutes", False),
+    # the constant-Q branch, 36 bins per octave
+    ("cqt_resolution", "thirty-six per octave", True),
+    ("cqt_resolution", "24 bins per octave", False),
+    # the vocal reverb's impulse response, 2.7 s
+    ("reverb_ir", "2,700 milliseconds", True),
+    ("reverb_ir", "2.7 ms", False),
+    ("reverb_ir", "2.5 or 2.7 seconds", False),
+    # the plugin's buffer, 64 samples
+    ("plugin_buffer", "a 64-sample buffer", True),
+    ("plugin_buffer", "64 ms", False),
+    ("plugin_buffer", "64 or 128 samples", False),
+    # the hosted service's peak, 200 uploads an hour
+    ("peak_uploads", "two hundred per hour", True),
+    ("peak_uploads", "20 uploads per hour", False),
+    # the mastering engineer's loudness range, 6.5 LU
+    ("loudness_range", "6.5 dB", True),
+    ("loudness_range", "6.5 LUFS", False),
+    # the vocal double's delay, 15 ms
+    ("vocal_double", "0.015 seconds", True),
+    ("vocal_double", "15 Hz", False),
+    ("vocal_double", "about 15 to 20 ms", False),
+    # the diode clipper, 2.2 kOhm and 47 nF
+    ("clipper_parts", "2200 ohms and 0.047 \u00b5F", True),
+    ("clipper_parts", "2.2k and 47 nanofarads", True),
+    ("clipper_parts", "47 k\u03a9 and 2.2 nF", False),       # swapped
+    ("clipper_parts", "2.2 k\u03a9", False),                  # half the answer
+    # the sub bass's ladder, 180 Hz
+    ("ladder_cutoff", "one hundred eighty hertz", True),
+    ("ladder_cutoff", "0.18 kHz", True),
+    ("ladder_cutoff", "180 ms", False),
 ]
 
 
