@@ -160,3 +160,20 @@ RULE = [
 @pytest.mark.parametrize("answer, kept", RULE)
 def test_rule_check(answer, kept):
     assert bool(re.search(DOC["rule"]["check"], answer)) is kept
+
+
+@pytest.mark.parametrize("text, digits", [
+    ("ninety-two", "92"),
+    ("one hundred and twenty-eight", "128"),
+    ("one thousand and twenty-four", "1024"),
+    ("forty-eight thousand", "48000"),
+    ("twelve hundred", "1200"),
+    ("minus one point three", "-1.3"),
+    ("three and a half to one", "3.5 to one"),
+    ("two and three", "2 and 3"),                 # two numbers, not five
+    ("ten twenty-four", "10 24"),
+    ("the one at forty-eight", "the one at 48"),  # "one" alone stays a word
+    ("48,000 and 1\u2009024", "48000 and 1024"),
+])
+def test_numbers_in_words_and_separators(text, digits):
+    assert recall.normalise(text) == digits
