@@ -73,14 +73,14 @@ ANSWERS = [
     ("low_cut", "9 Hz", False),
     ("low_cut", "90 dB", False),
     ("low_cut", "You haven't mentioned a low cut.", False),
-    # the mel view, 96 bins
-    ("mel_bins", "96 mel bins", True),
-    ("mel_bins", "96 bins", True),
-    ("mel_bins", "ninety-six", True),
-    ("mel_bins", "a 96-bin log-mel", True),
-    ("mel_bins", "96 Hz", False),
-    ("mel_bins", "64 or 96", False),
-    ("mel_bins", "128 mel bins", False),
+    # the mel view, 128 bins
+    ("mel_bins", "128 mel bins", True),
+    ("mel_bins", "128 bins", True),
+    ("mel_bins", "one hundred twenty-eight", True),
+    ("mel_bins", "a 128-bin log-mel", True),
+    ("mel_bins", "128 Hz", False),
+    ("mel_bins", "64 or 128", False),
+    ("mel_bins", "96 mel bins", False),
     ("mel_bins", "I don't have access to earlier messages.", False),
     # the codec, 9 codebooks of 1,024 entries
     ("codebooks", "nine codebooks with one thousand twenty-four entries", True),
