@@ -1,6 +1,8 @@
 """The shipped facts against the shipped conversation: each stated once, in its prompt,
 and never restated after it in any written form; spread over the conversation."""
+import json
 import math
+import os
 
 from lalmpipe import recall
 from lalmpipe.prompts import DEFAULT_FILE, load
@@ -52,3 +54,13 @@ def test_facts_are_many_and_spread_over_the_conversation():
     assert len({f.id for f in FACTS}) == len(FACTS)
     assert len({tiers[f.stated_in] for f in FACTS}) >= 4
     assert {"foundations", "obscure", "ultra-deep"} <= {tiers[f.stated_in] for f in FACTS}
+
+
+def test_the_shipped_example_recorded_these_prompts():
+    """lalm-replay answers the example only for the prompts it recorded."""
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "docs", "examples", "smollm2.jsonl")
+    with open(example, encoding="utf-8") as fp:
+        recorded = [r["prompt"] for r in map(json.loads, fp) if r["kind"] == "turn"]
+    texts = {p.id: p.text for p in PROMPTS}
+    assert recorded and all(texts[r["id"]] == r["text"] for r in recorded)
