@@ -1,8 +1,8 @@
 """Does the model still remember? Planted facts, their scoring, and the
 effective context: pure functions, no clock, no network.
 
-A fact is stated once, in one prompt (`stated_in`), never repeated after it,
-and later asked again in a forked request that is not added to the
+A fact is stated in one prompt (`stated_in`: the last that states it), never
+repeated after it, and later asked again in a forked request that is not added to the
 conversation. The facts file (the bundled lalm_facts.json, from the repository's
 prompts/ folder, or --facts):
 
