@@ -73,7 +73,7 @@ class Conversation:
         asked = _add(self.history_tokens, _count(probe.fact.question))
         return Recall(run_id=probe.run_id, after_turn=probe.after_turn, fact_id=probe.fact.id,
                       expected=probe.fact.answer, answer=view.content,
-                      correct=probe.status == STATUS_OK and recall.correct(view.content, probe.fact.answer),
+                      correct=probe.status == STATUS_OK and recall.correct(view.content, probe.fact),
                       status=probe.status,
                       context_tokens=None if partial else context_tokens(p, usage.get("completion_tokens")),
                       ttft_s=r6(times["ttft_s"]), e2e_s=r6(times["e2e_s"]),

@@ -103,10 +103,13 @@ class PromptRef(Struct):
 
 
 class Fact(Struct):
+    """A planted fact; `expect` and `besides` are read by lalmpipe.recall."""
     id: str
     stated_in: int
     question: str
     answer: str
+    expect: list[dict] = []
+    besides: list[str] = []
 
 
 class Settings(Struct):

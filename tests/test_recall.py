@@ -6,6 +6,7 @@ import pytest
 from conftest import prompts_jsonl, run_main
 from lalmpipe import chat, metrics, recall, report
 from lalmpipe.recall import DEFAULT_FACTS, load_facts
+from lalmpipe.records import Fact
 from scripted import FACTS, ForkedServer, scripted_model
 
 
@@ -22,8 +23,9 @@ from scripted import FACTS, ForkedServer, scripted_model
     ("One hundred and twenty milliseconds.", "120 ms", True),
     ("", "128", False),
 ])
-def test_scoring_normalises(answer, expected, ok):
-    assert recall.correct(answer, expected) is ok
+def test_scoring_a_fact_without_expect_reads_its_answer(answer, expected, ok):
+    fact = Fact(id="x", stated_in=1, question="q?", answer=expected)
+    assert recall.correct(answer, fact) is ok
 
 
 def test_repeat_ratio_and_effective_context_by_hand():
@@ -43,16 +45,23 @@ def test_shipped_facts_are_stated_in_their_prompts():
     doc = load_facts(DEFAULT_FACTS)
     assert len(doc["facts"]) >= 8
     for fact in doc["facts"]:
-        assert recall.correct(texts[fact.stated_in], fact.answer), fact.id
+        assert recall.correct(texts[fact.stated_in], fact), fact.id
     assert doc["rule"]["text"] and doc["rule"]["check"]
 
 
-def test_a_bad_facts_file_is_named(tmp_path, api_key):
+@pytest.mark.parametrize("fact, message", [
+    ({"answer": "none"}, "fact x: the answer must hold a number to check"),
+    ({"answer": "48 kHz", "expect": [{"value": 48, "unit": "parsecs"}]}, "fact x: unknown unit 'parsecs'"),
+    ({"answer": "48 kHz", "expect": [{"value": 44.1, "unit": "kHz"}]},
+     "fact x: its answer '48 kHz' does not meet its expect"),
+    ({"answer": "4:1", "expect": [{"ratio": "four"}]}, "fact x: an expect item is {value, unit}"),
+])
+def test_a_bad_facts_file_is_named(tmp_path, api_key, fact, message):
     f = tmp_path / "facts.json"
-    f.write_text('{"facts": [{"id": "x", "stated_in": 1, "question": "q?", "answer": "none"}]}')
+    f.write_text(json.dumps({"facts": [{"id": "x", "stated_in": 1, "question": "q?", **fact}]}))
     ran = run_main(chat.main, ["--base-url", "http://127.0.0.1:9/v1", "--probe-every", "2",
                                "--facts", str(f)], prompts_jsonl(["a"]))
-    assert ran.code == 1 and f"{f}: fact x: the answer must hold a number" in ran.err
+    assert ran.code == 1 and f"{f}: {message}" in ran.err, ran.err
 
 
 def test_probes_find_the_effective_context_and_stay_out_of_the_conversation(tmp_path, api_key):
