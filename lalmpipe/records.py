@@ -265,6 +265,11 @@ class Recall(Record):
     ttft_s: float | None = None
     e2e_s: float | None = None
     context_tokens_est: int | None = None
+    # where the fact stood when it was asked (client counts; depth 0 = start, 1 = end)
+    stated_turn: int | None = None
+    turns_since_stated: int | None = None
+    tokens_since_stated: int | None = None
+    depth: float | None = None
 
 
 KINDS: dict[str, type[Record]] = {cls.KIND: cls for cls in (Prompt, Run, Turn, Metrics, Probe, Recall)}

@@ -20,6 +20,7 @@ import msgspec
 
 from . import measure
 from .jsonl import (ExitCode, InputError, add_common_args, add_input_args, file_ending, new_parser,
+                    non_negative_int,
                     read_records, run_command)
 from .plot import PLOT_FILES
 from .records import Metrics, Run
@@ -52,7 +53,7 @@ def in_one_unit(rows: list, estimated: bool) -> list:
     return [msgspec.structs.replace(r, context_tokens=r.context_tokens_est) for r in rows]
 
 
-def analyse(group: dict) -> dict:
+def analyse(group: dict, min_fact_age: int = measure.MIN_FACT_AGE_TURNS) -> dict:
     run = group["run"]
     window = run.server.context_window if run else None
     counted = [r for r in group["rows"] if r.status == "ok"]
@@ -64,7 +65,7 @@ def analyse(group: dict) -> dict:
     return {"run": run.to_dict() if run else None, "summary": summary,
             "reasoning": measure.reasoning_summary(rows), "tiers": measure.by_tier(rows),
             "ceiling": measure.ceiling(rows, window, estimated),
-            "memory": measure.memory(rows, recalls, window), "turns": [r.to_dict() for r in rows]}
+            "memory": measure.memory(rows, recalls, window, min_fact_age), "turns": [r.to_dict() for r in rows]}
 
 
 def _summary(field: str) -> tuple:
@@ -207,17 +208,26 @@ def memory_lines(m: dict | None) -> list[tuple[str, str]]:
     if not m:
         return []
     out = []
+    window = f"; the server advertises {_n(m['advertised_window_tokens'])}" \
+        if m["advertised_window_tokens"] else ""
     if m["rounds"]:
-        window = f"; the server advertises {_n(m['advertised_window_tokens'])}" \
-            if m["advertised_window_tokens"] else ""
         eff = m["effective_context_tokens"]
         rel = m["effective_context_relative_tokens"]
-        out.append(("Recall", f"{m['probes']} probes in {len(m['rounds'])} rounds, mean "
-                              f"{m['recall_mean']:.0%}, first round {m['first_round_recall']:.0%}; "
+        out.append(("Recall", f"{m['probes_counted']} probes of facts at least {m['min_fact_age_turns']} "
+                              f"turns old in {len(m['rounds'])} rounds, mean {m['recall_mean']:.0%}, "
+                              f"first round {m['first_round_recall']:.0%}; "
                               + (f"effective context {eff:,} tokens (recall >= 90%)" if eff
                                  else "recall never reached 90%")
                               + (f", {rel:,} (>= 85% of the first round)" if rel else "")
                               + window))
+    elif m["probes"]:
+        out.append(("Recall", f"no probe asked a fact at least {m['min_fact_age_turns']} turns old "
+                              "(--min-fact-age): no effective context" + window))
+    if m["by_distance"]:
+        out.append(("By distance", _bands(m["by_distance"], lambda a, b: f"{a // 1000}-{b // 1000}k"
+                                          if b else f">={a // 1000}k", "tokens since stated")))
+        out.append(("By depth", _bands(m["by_depth"], lambda a, b: f"{a:.1f}-{b or 1:.1f}",
+                                       "0 = start of the context")))
     if m["rule_checked_turns"]:
         broke = m["rule_first_broken"]
         out.append(("Rule", f"kept in {m['rule_kept_turns']} of {m['rule_checked_turns']} turns"
@@ -227,6 +237,11 @@ def memory_lines(m: dict | None) -> list[tuple[str, str]]:
                                 f"{m['empty_answers']} empty answers; "
                                 f"{m['hit_max_tokens']} answers cut by max_tokens"))
     return out
+
+
+def _bands(rows: list[dict], name, unit: str) -> str:
+    return "; ".join(f"{name(b['from'], b['to'])} {b['recall']:.0%} ({b['probes']})" for b in rows) \
+        + f" [{unit}]"
 
 
 def text(report: dict) -> str:
@@ -271,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "lalm-report run_a.metrics.jsonl run_b.metrics.jsonl   # comparison"])
     add_input_args(p)
     p.add_argument("--format", choices=("text", "json", "markdown", "csv"), default="text")
+    p.add_argument("--min-fact-age", type=non_negative_int, default=measure.MIN_FACT_AGE_TURNS, metavar="N",
+                   help="count toward the effective context only facts stated at least N turns "
+                        "before they were asked (default: %(default)s)")
     p.add_argument("--plot", type=file_ending(*PLOT_FILES), metavar="FILE", help="also draw the run(s) against context size "
                    "(.png or .svg; needs matplotlib)")
     add_common_args(p)
@@ -281,7 +299,7 @@ def work(args, stdin, stdout, stderr) -> int:
     hint = "pipe the recording through lalm-metrics first"
     records = read_records(args.inputs, stdin, consumes={"run", "metrics", "recall"},
                            passes={"prompt"}, hint={"turn": hint, "probe": hint})
-    reports = [analyse(g) for g in collect(records)]
+    reports = [analyse(g, args.min_fact_age) for g in collect(records)]
     if not any(r["turns"] for r in reports):
         raise InputError(f"{', '.join(args.inputs) or 'stdin'}: no metrics records to report")
     if args.plot:
