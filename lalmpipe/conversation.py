@@ -121,11 +121,12 @@ class Chat:
         body = {"model": self.run["model"], "messages": self.conversation.request(prompt.text),
                 **self.params}
         sent_at = now_iso()
-        att, attempts = None, 0
+        att, attempts, requests = None, 0, 0
         while True:
             attempts += 1
             self.progress.start_turn(n, prompt)
             att = self.transport.stream(body, self.args.timeout, self.progress.on_event)
+            requests += att.requests      # a resend on a closed connection counts, but spends no retry
             if not att.transient or attempts > self.args.retries:
                 break
             wait = att.retry_after_s if att.retry_after_s is not None else 2 ** (attempts - 1)
@@ -137,7 +138,7 @@ class Chat:
         record = Turn(run_id=self.run["run_id"], turn=n,
                       prompt={"id": prompt.id, "tier": prompt.tier, "text": prompt.text},
                       sent_at=sent_at, status=status, http_status=att.http_status,
-                      error=error, attempts=attempts, chunks=att.chunks,
+                      error=error, attempts=requests, connection=att.connection, chunks=att.chunks,
                       content=view.content, reasoning=view.reasoning).to_dict()
         self.progress.end_turn(record, view)
         return record, status
@@ -156,6 +157,6 @@ class Chat:
             status, error, view = turn_outcome(att, self.window)
             yield Probe(run_id=self.run["run_id"], after_turn=after_turn, fact=fact, sent_at=sent_at,
                         status=status, http_status=att.http_status, error=error, chunks=att.chunks,
-                        content=view.content).to_dict()
+                        content=view.content, connection=att.connection).to_dict()
             if status == STATUS_INTERRUPTED:
                 raise KeyboardInterrupt

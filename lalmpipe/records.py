@@ -124,6 +124,7 @@ class Turn(Record):
     http_status: int | None = None
     error: dict | None = None
     attempts: int = 1
+    connection: str | None = None     # "new" or "reused": the one the answer came on
     chunks: list = field(default_factory=list)
     content: str = ""
     reasoning: str = ""
@@ -179,6 +180,7 @@ class Probe(Record):
     status: str
     http_status: int | None = None
     error: dict | None = None
+    connection: str | None = None
     chunks: list = field(default_factory=list)
     content: str = ""
 
