@@ -68,7 +68,7 @@ class Transport:
         self.openai = openai
 
     def _on_request(self, request) -> None:
-        # the SDK passes no request extensions of its own, so its hook hands httpcore the tracer
+        # the SDK has no way to give a request an extension: the client's hook hands httpcore the tracer
         request.extensions["trace"] = self._trace
 
     def _trace(self, event: str, info: dict) -> None:
@@ -93,9 +93,10 @@ class Transport:
         """Send one streamed chat request; record every event with its time.
 
         A kept-alive connection that the server closed between requests (llama.cpp
-        does so every few requests) fails before any byte comes back: that is the
-        connection pool's, not the server's failure, so the request goes again
-        (and the answer says it took two).
+        closes one after each streamed answer) fails before any byte comes back
+        when the request crosses the close: that is the connection pool's, not
+        the server's failure, so the request goes again (and the answer says it
+        took two).
         """
         att = self._stream_once(body, deadline_s, on_event)
         if att.unanswered:

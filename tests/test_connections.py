@@ -42,8 +42,7 @@ def test_ttft_leaves_out_the_reconnect(closes, connection, api_key):
         assert [t["connection"] for t in turns] == [connection] * 5
         assert [row["status"] for row in rows] == ["ok"] * 5
         # a silent close can cross the next request, which then goes again (and counts)
-        if closes != "silent":
-            assert [t["attempts"] for t in turns] == [1] * 5
+        assert {t["attempts"] for t in turns} <= ({1, 2} if closes == "silent" else {1})
         return ttft_errors_ms(rows, made)
     assert_ttft_right(run)
 
