@@ -189,6 +189,7 @@ class Turn(Record):
     http_status: int | None = None
     error: Error | None = None
     attempts: int = 1
+    connection: str | None = None     # "new" or "reused": the one the answer came on
     chunks: list = []
     content: str = ""
     reasoning: str = ""
@@ -244,6 +245,7 @@ class Probe(Record):
     status: Status
     http_status: int | None = None
     error: Error | None = None
+    connection: str | None = None
     chunks: list = []
     content: str = ""
 

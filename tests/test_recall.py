@@ -77,6 +77,7 @@ def test_probes_find_the_effective_context_and_stay_out_of_the_conversation(tmp_
     kinds = [r["kind"] for r in ran.records]
     assert kinds[:4] == ["run", "turn", "turn", "probe"] and kinds.count("turn") == 10
     assert kinds.count("probe") == 11                 # 2 facts each round, the third once stated (turn 9)
+    assert {r["connection"] for r in ran.records if r["kind"] == "probe"} == {"reused"}
     probe_bodies = [b for b in requests if b["messages"][-1]["content"] in questions]
     turn_bodies = [b for b in requests if b["messages"][-1]["content"] not in questions]
     assert all(b["max_tokens"] == 20 for b in probe_bodies)
