@@ -104,7 +104,8 @@ class Interrupts:
             yield self
         finally:
             for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                if handler is not None:      # None: a handler not set from Python, nothing to restore
+                    signal.signal(sig, handler)
 
 
 INTERRUPTED = ("interrupted", "interrupted by the user")

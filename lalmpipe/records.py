@@ -129,8 +129,10 @@ class Settings(Struct):
     facts: list[Fact] | None = None     # the facts probed
 
     @classmethod
-    def from_args(cls, args, **known) -> "Settings":
-        return cls(**{n: getattr(args, n) for n in cls.__struct_fields__ if hasattr(args, n)}, **known)
+    def from_args(cls, args) -> "Settings":
+        """The settings the command's flags give (the rule and the facts come from a file)."""
+        return cls(**{n: getattr(args, n) for n in cls.__struct_fields__
+                      if n not in ("rule", "facts") and hasattr(args, n)})
 
     @property
     def rule_text(self) -> str | None:
