@@ -4,6 +4,7 @@ import io
 import json
 import os
 import re
+import subprocess
 from importlib import resources
 
 import pytest
@@ -317,3 +318,23 @@ def test_hostile_text_shows_as_text_and_runs_nothing(hostile, tmp_path):
         assert dom.find("h1").text() == "lalmpipe: " + MODEL
         assert_not_blank(png)
 
+
+# ---- make bench ----
+
+def test_make_bench_writes_the_page_with_the_texts(tmp_path):
+    from test_replay import start_replay, stop
+    proc, url = start_replay(EXAMPLE, "--speed", "0")
+    try:
+        done = subprocess.run(["make", "-s", "-o", "install", "bench", f"BIN={ROOT}/bin",
+                               f"BASE_URL={url}", "ROUNDS=8", "MAX_TOKENS=96", f"LOGS={tmp_path}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        stop(proc)
+    assert done.returncode == 0, done.stderr
+    [page] = tmp_path.glob("lalm_benchmark_run_*.html")
+    assert f"page {page}" in done.stderr
+    [recording] = tmp_path.glob("lalm_benchmark_run_*Z.jsonl")
+    with open(recording, encoding="utf-8") as fp:
+        turns = [t for t in map(json.loads, fp) if t["kind"] == "turn"]
+    root = parse(page.read_text(encoding="utf-8"))
+    assert len(turns) == 8 and texts_of(root, "answer") == [t["content"] for t in turns]
