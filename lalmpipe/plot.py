@@ -1,6 +1,7 @@
 """Draw how a run behaved as its context grew: one figure, one line per run."""
 from __future__ import annotations
 
+import io
 import os
 
 from .records import TIERS
@@ -13,15 +14,41 @@ PANELS = (("ttft_s", "time to first token (s)"),
           ("reasoning_tokens", "reasoning tokens"))
 
 
+# names and labels come from the records: drawn as written, never read as mathtext; an
+# SVG's ids are the same for the same figure, and its glyphs are paths, not <text>
+RC = {"text.parse_math": False, "svg.hashsalt": "lalmpipe", "svg.fonttype": "path"}
+
+
 def plot(reports: list[dict], path: str) -> None:
     """Write a PNG or SVG (by the file's extension) of one or more runs."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in PLOT_FILES:
+        raise ValueError(f"{path}: the plot must be a {' or '.join(PLOT_FILES)} file")
+    _draw(reports, lambda fig: fig.savefig(path, dpi=110 if ext == ".png" else None))
+
+
+def svg(reports: list[dict]) -> str:
+    """Draw the same figure as `plot` and return it as an SVG document."""
+    out = io.BytesIO()
+    _draw(reports, lambda fig: fig.savefig(out, format="svg", metadata={"Date": None}))
+    return out.getvalue().decode("utf-8")
+
+
+def _draw(reports: list[dict], save) -> None:
+    """Build the figure of one or more runs and hand it to `save`."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in PLOT_FILES:
-        raise ValueError(f"{path}: the plot must be a {' or '.join(PLOT_FILES)} file")
+    with matplotlib.rc_context(RC):
+        fig = _figure(plt, reports)
+        try:
+            save(fig)
+        finally:
+            plt.close(fig)
+
+
+def _figure(plt, reports: list[dict]):
     with_memory = any(r.get("memory") for r in reports)
     rows = 4 if with_memory else 2
     fig = plt.figure(figsize=(12, 14 if with_memory else 8))
@@ -51,8 +78,7 @@ def plot(reports: list[dict], path: str) -> None:
         first.legend(loc="lower right", fontsize="small")
     fig.suptitle(_title(reports))
     fig.tight_layout()
-    fig.savefig(path, dpi=110 if ext == ".png" else None)
-    plt.close(fig)
+    return fig
 
 
 def _memory(axes, reports) -> None:

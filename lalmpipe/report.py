@@ -1,14 +1,17 @@
-"""lalm-report: summarise one or more runs: text, JSON, Markdown or CSV.
+"""lalm-report: summarise one or more runs: text, JSON, Markdown, CSV or an HTML page.
 
 Usage:
-    lalm-report [--format text|json|markdown|csv] [FILE ...]
+    lalm-report [--format text|json|markdown|csv|html] [--texts RECORDING] [FILE ...]
 
 Reads `run` and `metrics` records (the output of lalm-metrics) and tells how
 speed and reasoning changed as the context grew, and where the context broke.
+`--format html` writes one self-contained page (lalmpipe.page); `--texts`
+names the recording lalm-chat wrote, whose prompts and answers the page shows.
 
 Example:
     lalm-prompts --num-rounds 8 | lalm-chat | lalm-metrics | lalm-report
     lalm-metrics logs/run.jsonl | lalm-report --format json > report.json
+    lalm-metrics logs/run.jsonl | lalm-report --format html --texts logs/run.jsonl > run.html
 """
 from __future__ import annotations
 
@@ -19,9 +22,8 @@ import json
 import msgspec
 
 from . import measure
-from .jsonl import (ExitCode, InputError, add_common_args, add_input_args, file_ending, new_parser,
-                    non_negative_int,
-                    read_records, run_command)
+from .jsonl import (ExitCode, InputError, UsageError, add_common_args, add_input_args, file_ending,
+                    new_parser, non_negative_int, read_records, run_command)
 from .plot import PLOT_FILES
 from .records import Metrics, Run
 
@@ -283,9 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "and the context ceiling; several runs are compared side by side.",
                    ["lalm-prompts --num-rounds 8 | lalm-chat | lalm-metrics | lalm-report",
                     "lalm-metrics logs/run.jsonl | lalm-report --format markdown --plot run.png",
+                    "lalm-metrics run.jsonl | lalm-report --format html --texts run.jsonl > run.html",
                     "lalm-report run_a.metrics.jsonl run_b.metrics.jsonl   # comparison"])
     add_input_args(p)
-    p.add_argument("--format", choices=("text", "json", "markdown", "csv"), default="text")
+    p.add_argument("--format", choices=("text", "json", "markdown", "csv", "html"), default="text")
+    p.add_argument("--texts", action="append", default=[], metavar="RECORDING",
+                   help="with --format html: the recording lalm-chat wrote (--output), whose "
+                        "prompts, reasoning and answers the page shows; once per recording")
     p.add_argument("--min-fact-age", type=non_negative_int, default=measure.MIN_FACT_AGE_TURNS, metavar="N",
                    help="count toward the effective context only facts stated at least N turns "
                         "before they were asked (default: %(default)s)")
@@ -296,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def work(args, stdin, stdout, stderr) -> int:
+    if args.texts and args.format != "html":
+        raise UsageError("--texts goes with --format html")
+    if "-" in args.texts:
+        raise UsageError("--texts needs a file: stdin carries the metrics")
     hint = "pipe the recording through lalm-metrics first"
     records = read_records(args.inputs, stdin, consumes={"run", "metrics", "recall"},
                            passes={"prompt"}, hint={"turn": hint, "probe": hint})
@@ -305,7 +315,11 @@ def work(args, stdin, stdout, stderr) -> int:
     if args.plot:
         from .plot import plot
         plot(reports, args.plot)
-    emit(reports, args.format, stdout, args.plot)
+    if args.format == "html":
+        from .page import write_page
+        write_page(reports, args.texts, stdout, None if args.quiet else stderr)
+    else:
+        emit(reports, args.format, stdout, args.plot)
     return ExitCode.OK
 
 
