@@ -61,7 +61,9 @@ def test_growing_conversation_on_the_real_server(server, api_key):
         assert r["cached_tokens"] >= prev["prompt_tokens"] - 4
     for r in rows:
         assert 0 < r["ttft_s"] < r["e2e_s"]
-        assert r["decode_tps"] > 5 and r["prefill_tps"] > 0
+        # no speed floor (a busy machine is slow, not wrong): the rate agrees with the server's own
+        server_tps = r["server_timings"]["predicted_per_second"]
+        assert r["prefill_tps"] > 0 and server_tps / 2 < r["decode_tps"] < server_tps * 2
         assert r["completion_tokens"] == r["server_timings"]["predicted_n"]
         t = r["server_timings"]
         # client TTFT = server prompt time + the first token's time, within a few ms
