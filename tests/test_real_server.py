@@ -132,9 +132,9 @@ def test_memory_probes_on_the_real_model(server, api_key):
     turns, rows, metrics_out = pipeline(server, 12, "--max-tokens", "48", "--probe-every", "4",
                                         "--probe-max-tokens", "24")
     probes = [t for t in turns if t["kind"] == "probe"]
-    # after turns 4, 8, 12: the facts stated so far (prompts 2 and 4; then 6; then 10, 11, 12)
+    # after turns 4, 8, 12: the facts stated so far (prompt 4; then 6; then 10, 11, 12)
     assert sorted({p["after_turn"] for p in probes}) == [4, 8, 12]
-    assert len(probes) == 2 + 3 + 8
+    assert len(probes) == 1 + 3 + 8
     recalls = [r for r in json_lines(metrics_out) if r["kind"] == "recall"]
     assert len(recalls) == len(probes) and all(r["status"] == "ok" for r in recalls)
     assert all(isinstance(r["correct"], bool) and r["context_tokens"] > 0 for r in recalls)
