@@ -13,7 +13,7 @@ MAX_TOKENS ?= 32768
 CHAT_ARGS  ?=
 LOGS       ?= logs
 
-.PHONY: install server-bin server server-stop demo bench report test perf clean
+.PHONY: install server-bin server server-stop demo bench report browser test perf clean
 
 install: $(STAMP)
 
@@ -36,7 +36,7 @@ demo: server-bin
 	  $(MAKE) --no-print-directory bench ROUNDS=8 MAX_TOKENS=160 CHAT_ARGS="$(CHAT_ARGS)"
 
 bench: install
-	@mkdir -p $(LOGS); set -e; ts=$$(date -u +%Y%m%dT%H%M%SZ); all=""; i=0; \
+	@mkdir -p $(LOGS); set -e; ts=$$(date -u +%Y%m%dT%H%M%SZ); all=""; texts=""; i=0; \
 	for m in $(or $(MODELS),_); do \
 	  i=$$((i + 1)); \
 	  name=$(LOGS)/lalm_benchmark_run_$$ts$$( [ "$$m" = _ ] || echo "_$${i}_$$m" | tr '/: ' '___'); \
@@ -46,12 +46,14 @@ bench: install
 	  | $(BIN)/lalm-metrics > $$name.metrics.jsonl; \
 	  $(BIN)/lalm-report --format json $$name.metrics.jsonl > $$name.json; \
 	  $(BIN)/lalm-report --plot $$name.png $$name.metrics.jsonl; \
-	  echo "recording $$name.jsonl, report $$name.json, plot $$name.png" >&2; \
-	  all="$$all $$name.metrics.jsonl"; \
+	  $(BIN)/lalm-report --format html --texts $$name.jsonl $$name.metrics.jsonl > $$name.html; \
+	  echo "recording $$name.jsonl, report $$name.json, plot $$name.png, page $$name.html" >&2; \
+	  all="$$all $$name.metrics.jsonl"; texts="$$texts --texts $$name.jsonl"; \
 	done; \
 	if [ $(words $(MODELS)) -gt 1 ]; then \
 	  $(BIN)/lalm-report --plot $(LOGS)/lalm_benchmark_compare_$$ts.png $$all | sed -n '/^Comparison/,$$p'; \
 	  $(BIN)/lalm-report --format json $$all > $(LOGS)/lalm_benchmark_compare_$$ts.json; \
+	  $(BIN)/lalm-report --format html $$texts $$all > $(LOGS)/lalm_benchmark_compare_$$ts.html; \
 	fi
 
 report: install
@@ -61,7 +63,11 @@ report: install
 perf: install
 	$(BIN)/python tests/perf.py
 
-test: server-bin
+# the page tests open lalm-report's HTML in headless Chromium, Debian's package
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+test: server-bin browser
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -104,7 +104,8 @@ class Interrupts:
             yield self
         finally:
             for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                if handler is not None:      # None: a handler not set from Python, nothing to restore
+                    signal.signal(sig, handler)
 
 
 INTERRUPTED = ("interrupted", "interrupted by the user")
@@ -154,31 +155,36 @@ class Chat:
             self.conversation.add(prompt.id, prompt.text, view)
         record = Turn(run_id=self.run.run_id, turn=n, prompt=prompt.ref(), sent_at=sent_at,
                       status=status, http_status=att.http_status, error=error, attempts=attempts,
-                      chunks=att.chunks, content=view.content, reasoning=view.reasoning)
+                      connection=att.connection, chunks=att.chunks, content=view.content, reasoning=view.reasoning)
         self.progress.end_turn(record, view)
         return record
 
     def _send(self, n: int, prompt: Prompt, body: dict):
-        """Send a turn, again after a transient failure; a signal ends the wait as `interrupted`."""
-        att, attempts = None, 0
+        """Send a turn, again after a transient failure; a signal ends the wait as `interrupted`.
+
+        Return the last attempt and how many requests went out: a resend on a
+        closed connection counts, but spends no retry.
+        """
+        att, tries, requests = None, 0, 0
         try:
             with self.interrupts.waiting():
                 while True:
-                    attempts += 1
+                    tries += 1
                     self.progress.start_turn(n, prompt)
                     att = self.transport.stream(body, self.settings.timeout, self.progress.on_event)
-                    if att.interrupted or attempts > self.settings.retries or not outcome.is_transient(
+                    requests += att.requests
+                    if att.interrupted or tries > self.settings.retries or not outcome.is_transient(
                             att.http_status, att.failure and att.failure[0], bool(att.chunks)):
-                        return att, attempts
-                    wait = att.retry_after_s if att.retry_after_s is not None else 2 ** (attempts - 1)
+                        return att, requests
+                    wait = att.retry_after_s if att.retry_after_s is not None else 2 ** (tries - 1)
                     why = att.failure[1] if att.failure else outcome.error_message(att.body) \
                         or f"HTTP {att.http_status}"
-                    self.progress.say(f"turn {n}: {why}; retry {attempts} in {wait:g} s")
+                    self.progress.say(f"turn {n}: {why}; retry {tries} in {wait:g} s")
                     time.sleep(min(wait, 60))
         except KeyboardInterrupt:
             att = att or Attempt()
             att.failure = INTERRUPTED
-            return att, attempts
+            return att, requests
 
     def probe_round(self, after_turn: int) -> Iterator[Probe]:
         """Ask each fact stated so far, each in a request of its own that the
@@ -202,7 +208,7 @@ class Chat:
                                              self.run.server.context_window)
             yield Probe(run_id=self.run.run_id, after_turn=after_turn, fact=fact, sent_at=sent_at,
                         status=status, http_status=att.http_status, error=error, chunks=att.chunks,
-                        content=view.content)
+                        content=view.content, connection=att.connection)
             if status == STATUS_INTERRUPTED:
                 raise KeyboardInterrupt
         if asked:

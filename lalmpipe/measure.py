@@ -8,7 +8,7 @@ from typing import Sequence
 from .outcome import window_full
 from .reasoning import StreamView
 from .records import Metrics, Recall
-from .recall import effective_context, rounds
+from .recall import DEPTH_EDGES, DISTANCE_EDGES, bands, effective_context, grid, rounds
 
 # Prompt growth below this share of the conversation's growth means the
 # server saw less than was sent (tokenizers differ, so not much stricter).
@@ -184,6 +184,9 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
 # an empty 200 is how llama-cpp-python answers an over-long prompt
 CEILING_KINDS = {"context_overflow", "timeout", "empty"}
 
+# a fact asked fewer turns than this after it was stated does not count toward the effective context
+MIN_FACT_AGE_TURNS = 20
+
 
 def summarize(rows: list[Metrics]) -> dict:
     """Aggregate one run's metrics records."""
@@ -295,23 +298,34 @@ def by_tier(rows: list[Metrics]) -> list[dict]:
     return out
 
 
-def memory(rows: list[Metrics], recalls: list[Recall], window: int | None) -> dict | None:
-    """Recall of planted facts, the rule, and degeneration, against context size."""
+def memory(rows: list[Metrics], recalls: list[Recall], window: int | None,
+           min_fact_age: int = MIN_FACT_AGE_TURNS) -> dict | None:
+    """Recall of planted facts, the rule, and degeneration, against context size.
+
+    The effective context counts only facts stated at least `min_fact_age`
+    turns before they were asked, so that a fact just said cannot prop it up;
+    recall by distance and by depth counts every probe.
+    """
     ok = [r for r in rows if r.status == "ok"]
     ruled = [r for r in ok if r.rule_kept is not None]
     broken = next((r for r in ruled if not r.rule_kept), None)
     repeat = [r.repeat_3gram_ratio for r in ok if r.repeat_3gram_ratio is not None]
     if not recalls and not ruled:
         return None
-    rs = rounds(recalls)
+    aged = [r for r in recalls if r.turns_since_stated is None or r.turns_since_stated >= min_fact_age]
+    rs = rounds(aged)
     first = rs[0]["recall"] if rs else None
     return {
-        "rounds": rs, "probes": len(recalls),
+        "rounds": rs, "probes": len(recalls), "min_fact_age_turns": min_fact_age,
+        "probes_counted": len(aged),
         "recall_mean": r3(mean([r["recall"] for r in rs])),
         "first_round_recall": first,
         "effective_context_tokens": effective_context(rs, 0.9) if rs else None,
         "effective_context_relative_tokens": effective_context(rs, 0.85 * first) if first else None,
         "advertised_window_tokens": window,
+        "by_distance": bands(recalls, lambda r: r.tokens_since_stated, DISTANCE_EDGES),
+        "by_depth": bands(recalls, lambda r: r.depth, DEPTH_EDGES),
+        "grid": grid(recalls),
         "rule_kept_turns": sum(1 for r in ruled if r.rule_kept) if ruled else None,
         "rule_checked_turns": len(ruled) if ruled else None,
         "rule_first_broken": None if broken is None else

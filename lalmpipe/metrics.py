@@ -45,6 +45,7 @@ class Conversation:
         self.history_tokens = _add(_count(settings.system or ""), _count(rule.get("text") or ""))
         self.prev_prompt_tokens: int | None = None     # the last whole prompt the server counted
         self.prev_request_tokens: int | None = None
+        self.asked_at: dict[int, tuple[int, int | None]] = {}   # prompt id -> (turn, tokens before it)
 
     def measure(self, turn: Turn) -> Metrics:
         request_tokens = _add(self.history_tokens, _count(turn.prompt.text))
@@ -57,6 +58,7 @@ class Conversation:
         row.conversation_tokens = _add(request_tokens, answer_n)
         _answer_signals(row, turn, view, self.rule_check)
         if turn.status == STATUS_OK:
+            self.asked_at[turn.prompt.id] = (turn.turn, self.history_tokens)
             self.history_tokens = _add(request_tokens, answer_n)
             if row.prompt_tokens_source == SERVER:
                 self.prev_prompt_tokens = row.prompt_tokens
@@ -77,7 +79,19 @@ class Conversation:
                       status=probe.status,
                       context_tokens=None if partial else context_tokens(p, usage.get("completion_tokens")),
                       ttft_s=r6(times["ttft_s"]), e2e_s=r6(times["e2e_s"]),
-                      context_tokens_est=_add(asked, _count(view.content)))
+                      context_tokens_est=_add(asked, _count(view.content)),
+                      **self._distance(probe))
+
+    def _distance(self, probe: Probe) -> dict:
+        """How far back the fact was stated: turns and tokens, and its depth in the context."""
+        if probe.fact.stated_in not in self.asked_at:
+            return {}
+        turn, before = self.asked_at[probe.fact.stated_in]
+        now = self.history_tokens
+        since = None if now is None or before is None else now - before
+        return {"stated_turn": turn, "turns_since_stated": probe.after_turn - turn,
+                "tokens_since_stated": since,
+                "depth": None if since is None or not now else round(before / now, 4)}
 
 
 def _answer_signals(row: Metrics, turn: Turn, view, rule_check) -> None:

@@ -1,6 +1,7 @@
 """Draw how a run behaved as its context grew: one figure, one line per run."""
 from __future__ import annotations
 
+import io
 import os
 
 from .records import TIERS
@@ -13,19 +14,51 @@ PANELS = (("ttft_s", "time to first token (s)"),
           ("reasoning_tokens", "reasoning tokens"))
 
 
+# names and labels come from the records: drawn as written, never read as mathtext; an
+# SVG's ids are the same for the same figure, and its glyphs are paths, not <text>
+RC = {"text.parse_math": False, "svg.hashsalt": "lalmpipe", "svg.fonttype": "path"}
+
+
 def plot(reports: list[dict], path: str) -> None:
     """Write a PNG or SVG (by the file's extension) of one or more runs."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in PLOT_FILES:
+        raise ValueError(f"{path}: the plot must be a {' or '.join(PLOT_FILES)} file")
+    _draw(reports, lambda fig: fig.savefig(path, dpi=110 if ext == ".png" else None))
+
+
+def svg(reports: list[dict]) -> str:
+    """Draw the same figure as `plot` and return it as an SVG document."""
+    out = io.BytesIO()
+    _draw(reports, lambda fig: fig.savefig(out, format="svg", metadata={"Date": None}))
+    return out.getvalue().decode("utf-8")
+
+
+def _draw(reports: list[dict], save) -> None:
+    """Build the figure of one or more runs and hand it to `save`."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in PLOT_FILES:
-        raise ValueError(f"{path}: the plot must be a {' or '.join(PLOT_FILES)} file")
+    with matplotlib.rc_context(RC):
+        fig = _figure(plt, reports)
+        try:
+            save(fig)
+        finally:
+            plt.close(fig)
+
+
+def _figure(plt, reports: list[dict]):
     with_memory = any(r.get("memory") for r in reports)
-    fig, axes = plt.subplots(3 if with_memory else 2, 2, figsize=(12, 11 if with_memory else 8),
-                             sharex=True)
-    for ax, (key, label) in zip(axes.flat, PANELS):
+    rows = 4 if with_memory else 2
+    fig = plt.figure(figsize=(12, 14 if with_memory else 8))
+    grid = fig.add_gridspec(rows, 2)
+    first = fig.add_subplot(grid[0, 0])
+    # every panel shares the context axis but the last, whose axis is the fact's distance
+    axes = [[first if (i, j) == (0, 0) else fig.add_subplot(
+        grid[i, j], sharex=None if with_memory and (i, j) == (3, 1) else first)
+        for j in range(2)] for i in range(rows)]
+    for ax, (key, label) in zip([a for row in axes for a in row], PANELS):
         if len(reports) == 1:
             _tier_bands(ax, reports[0]["turns"])
         for rep in reports:
@@ -34,15 +67,18 @@ def plot(reports: list[dict], path: str) -> None:
         ax.set_ylim(bottom=0, top=None if ax.get_ylim()[1] > 0.06 else 1)
         ax.grid(True, alpha=0.3)
     if with_memory:
-        _memory(axes[2], reports)
+        _memory((axes[2][0], axes[3][0]), reports)
+        _heatmap(axes[2][1], reports[0])
+        _by_distance(axes[3][1], reports)
     for ax in axes[-1]:
         ax.set_xlabel("context tokens (prompt + completion)")
+    if with_memory:
+        axes[3][1].set_xlabel("tokens since the fact was stated")
     if len(reports) > 1 or any(r["ceiling"] for r in reports):
-        axes.flat[0].legend(loc="lower right", fontsize="small")
+        first.legend(loc="lower right", fontsize="small")
     fig.suptitle(_title(reports))
     fig.tight_layout()
-    fig.savefig(path, dpi=110 if ext == ".png" else None)
-    plt.close(fig)
+    return fig
 
 
 def _memory(axes, reports) -> None:
@@ -67,6 +103,37 @@ def _memory(axes, reports) -> None:
         ax.set_ylim(-0.05, 1.05)
         ax.grid(True, alpha=0.3)
         ax.legend(loc="lower left", fontsize="x-small")
+
+
+def _heatmap(ax, rep) -> None:
+    """Recall by depth of the fact in the context (0 = start) against context size."""
+    cells = [c for c in (rep.get("memory") or {}).get("grid") or [] if c["context_tokens"] is not None]
+    ax.set_ylabel("depth of the fact (0 = start)")
+    if not cells:
+        return
+    from .recall import DEPTH_EDGES
+    xs = sorted({c["context_tokens"] for c in cells})
+    width = (xs[1] - xs[0]) * 0.9 if len(xs) > 1 else max(xs[0] * 0.1, 1)
+    step = DEPTH_EDGES[1] - DEPTH_EDGES[0]
+    import matplotlib
+    from matplotlib.patches import Rectangle
+    cmap = matplotlib.colormaps["RdYlGn"]
+    for c in cells:
+        ax.add_patch(Rectangle((c["context_tokens"] - width / 2, c["depth_from"]), width, step,
+                               color=cmap(c["recall"])))
+    ax.set_ylim(0, 1)
+    ax.set_title("recall by depth (green 1, red 0)", fontsize="small")
+
+
+def _by_distance(ax, reports) -> None:
+    """Recall against how long ago the fact was stated, in tokens; the x axis is its own."""
+    for rep in reports:
+        bands = (rep.get("memory") or {}).get("by_distance") or []
+        xs = [b["from"] + ((b["to"] or b["from"] * 2) - b["from"]) / 2 for b in bands]
+        ax.plot(xs, [b["recall"] for b in bands], marker="o", label=str((rep["run"] or {}).get("model", "?")))
+    ax.set_ylabel("recall by distance")
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(True, alpha=0.3)
 
 
 def _points(rows, key):

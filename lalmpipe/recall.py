@@ -437,7 +437,7 @@ def rounds(recalls: list) -> list[dict]:
         rs = by_turn[turn]
         ctx = [r.context_tokens for r in rs if r.context_tokens is not None]
         out.append({"after_turn": turn, "probes": len(rs),
-                    "recall": round(sum(bool(r.correct) for r in rs) / len(rs), 4),
+                    "recall": _share(rs),
                     "context_tokens": max(ctx) if ctx else None})
     return out
 
@@ -450,3 +450,45 @@ def effective_context(rows: list[dict], threshold: float) -> int | None:
             break
         best = r["context_tokens"] if r["context_tokens"] is not None else best
     return best
+
+
+# distance bands in tokens (each up to the next edge), and depth bands (0 = start of the context)
+DISTANCE_EDGES = (0, 1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000)
+DEPTH_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8)
+
+
+def band_of(value: float | None, edges) -> int | None:
+    """Index of the band holding value: the last edge at or below it."""
+    if value is None:
+        return None
+    i = 0
+    while i + 1 < len(edges) and value >= edges[i + 1]:
+        i += 1
+    return i
+
+
+def bands(recalls: list, value_of, edges) -> list[dict]:
+    """Recall per band of some distance: [{from, to, probes, recall}] for the bands probed."""
+    by_band: dict[int, list] = {}
+    for r in recalls:
+        b = band_of(value_of(r), edges)
+        if b is not None:
+            by_band.setdefault(b, []).append(r)
+    return [{"from": edges[b], "to": edges[b + 1] if b + 1 < len(edges) else None,
+             "probes": len(rs), "recall": _share(rs)} for b, rs in sorted(by_band.items())]
+
+
+def grid(recalls: list) -> list[dict]:
+    """Recall per probe round and depth band: the needle-in-a-haystack picture."""
+    cells: dict[tuple[int, int], list] = {}
+    for r in recalls:
+        b = band_of(r.depth, DEPTH_EDGES)
+        if b is not None:
+            cells.setdefault((r.after_turn, b), []).append(r)
+    ctx = {row["after_turn"]: row["context_tokens"] for row in rounds(recalls)}
+    return [{"after_turn": t, "context_tokens": ctx[t], "depth_from": DEPTH_EDGES[b],
+             "probes": len(rs), "recall": _share(rs)} for (t, b), rs in sorted(cells.items())]
+
+
+def _share(rs: list) -> float:
+    return round(sum(bool(r.correct) for r in rs) / len(rs), 4)

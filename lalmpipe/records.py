@@ -129,8 +129,10 @@ class Settings(Struct):
     facts: list[Fact] | None = None     # the facts probed
 
     @classmethod
-    def from_args(cls, args, **known) -> "Settings":
-        return cls(**{n: getattr(args, n) for n in cls.__struct_fields__ if hasattr(args, n)}, **known)
+    def from_args(cls, args) -> "Settings":
+        """The settings the command's flags give (the rule and the facts come from a file)."""
+        return cls(**{n: getattr(args, n) for n in cls.__struct_fields__
+                      if n not in ("rule", "facts") and hasattr(args, n)})
 
     @property
     def rule_text(self) -> str | None:
@@ -189,6 +191,7 @@ class Turn(Record):
     http_status: int | None = None
     error: Error | None = None
     attempts: int = 1
+    connection: str | None = None     # "new" or "reused": the one the answer came on
     chunks: list = []
     content: str = ""
     reasoning: str = ""
@@ -244,6 +247,7 @@ class Probe(Record):
     status: Status
     http_status: int | None = None
     error: Error | None = None
+    connection: str | None = None
     chunks: list = []
     content: str = ""
 
@@ -265,6 +269,11 @@ class Recall(Record):
     ttft_s: float | None = None
     e2e_s: float | None = None
     context_tokens_est: int | None = None
+    # where the fact stood when it was asked (client counts; depth 0 = start, 1 = end)
+    stated_turn: int | None = None
+    turns_since_stated: int | None = None
+    tokens_since_stated: int | None = None
+    depth: float | None = None
 
 
 KINDS: dict[str, type[Record]] = {cls.KIND: cls for cls in (Prompt, Run, Turn, Metrics, Probe, Recall)}

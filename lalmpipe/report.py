@@ -1,14 +1,17 @@
-"""lalm-report: summarise one or more runs: text, JSON, Markdown or CSV.
+"""lalm-report: summarise one or more runs: text, JSON, Markdown, CSV or an HTML page.
 
 Usage:
-    lalm-report [--format text|json|markdown|csv] [FILE ...]
+    lalm-report [--format text|json|markdown|csv|html] [--texts RECORDING] [FILE ...]
 
 Reads `run` and `metrics` records (the output of lalm-metrics) and tells how
 speed and reasoning changed as the context grew, and where the context broke.
+`--format html` writes one self-contained page (lalmpipe.page); `--texts`
+names the recording lalm-chat wrote, whose prompts and answers the page shows.
 
 Example:
     lalm-prompts --num-rounds 8 | lalm-chat | lalm-metrics | lalm-report
     lalm-metrics logs/run.jsonl | lalm-report --format json > report.json
+    lalm-metrics logs/run.jsonl | lalm-report --format html --texts logs/run.jsonl > run.html
 """
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ import json
 import msgspec
 
 from . import measure
-from .jsonl import (ExitCode, InputError, add_common_args, add_input_args, file_ending, new_parser,
-                    read_records, run_command)
+from .jsonl import (ExitCode, InputError, UsageError, add_common_args, add_input_args, file_ending,
+                    new_parser, non_negative_int, read_records, run_command)
 from .plot import PLOT_FILES
 from .records import Metrics, Run
 
@@ -52,7 +55,7 @@ def in_one_unit(rows: list, estimated: bool) -> list:
     return [msgspec.structs.replace(r, context_tokens=r.context_tokens_est) for r in rows]
 
 
-def analyse(group: dict) -> dict:
+def analyse(group: dict, min_fact_age: int = measure.MIN_FACT_AGE_TURNS) -> dict:
     run = group["run"]
     window = run.server.context_window if run else None
     counted = [r for r in group["rows"] if r.status == "ok"]
@@ -64,7 +67,7 @@ def analyse(group: dict) -> dict:
     return {"run": run.to_dict() if run else None, "summary": summary,
             "reasoning": measure.reasoning_summary(rows), "tiers": measure.by_tier(rows),
             "ceiling": measure.ceiling(rows, window, estimated),
-            "memory": measure.memory(rows, recalls, window), "turns": [r.to_dict() for r in rows]}
+            "memory": measure.memory(rows, recalls, window, min_fact_age), "turns": [r.to_dict() for r in rows]}
 
 
 def _summary(field: str) -> tuple:
@@ -207,17 +210,26 @@ def memory_lines(m: dict | None) -> list[tuple[str, str]]:
     if not m:
         return []
     out = []
+    window = f"; the server advertises {_n(m['advertised_window_tokens'])}" \
+        if m["advertised_window_tokens"] else ""
     if m["rounds"]:
-        window = f"; the server advertises {_n(m['advertised_window_tokens'])}" \
-            if m["advertised_window_tokens"] else ""
         eff = m["effective_context_tokens"]
         rel = m["effective_context_relative_tokens"]
-        out.append(("Recall", f"{m['probes']} probes in {len(m['rounds'])} rounds, mean "
-                              f"{m['recall_mean']:.0%}, first round {m['first_round_recall']:.0%}; "
+        out.append(("Recall", f"{m['probes_counted']} probes of facts at least {m['min_fact_age_turns']} "
+                              f"turns old in {len(m['rounds'])} rounds, mean {m['recall_mean']:.0%}, "
+                              f"first round {m['first_round_recall']:.0%}; "
                               + (f"effective context {eff:,} tokens (recall >= 90%)" if eff
                                  else "recall never reached 90%")
                               + (f", {rel:,} (>= 85% of the first round)" if rel else "")
                               + window))
+    elif m["probes"]:
+        out.append(("Recall", f"no probe asked a fact at least {m['min_fact_age_turns']} turns old "
+                              "(--min-fact-age): no effective context" + window))
+    if m["by_distance"]:
+        out.append(("By distance", _bands(m["by_distance"], lambda a, b: f"{a // 1000}-{b // 1000}k"
+                                          if b else f">={a // 1000}k", "tokens since stated")))
+        out.append(("By depth", _bands(m["by_depth"], lambda a, b: f"{a:.1f}-{b or 1:.1f}",
+                                       "0 = start of the context")))
     if m["rule_checked_turns"]:
         broke = m["rule_first_broken"]
         out.append(("Rule", f"kept in {m['rule_kept_turns']} of {m['rule_checked_turns']} turns"
@@ -227,6 +239,11 @@ def memory_lines(m: dict | None) -> list[tuple[str, str]]:
                                 f"{m['empty_answers']} empty answers; "
                                 f"{m['hit_max_tokens']} answers cut by max_tokens"))
     return out
+
+
+def _bands(rows: list[dict], name, unit: str) -> str:
+    return "; ".join(f"{name(b['from'], b['to'])} {b['recall']:.0%} ({b['probes']})" for b in rows) \
+        + f" [{unit}]"
 
 
 def text(report: dict) -> str:
@@ -268,9 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "and the context ceiling; several runs are compared side by side.",
                    ["lalm-prompts --num-rounds 8 | lalm-chat | lalm-metrics | lalm-report",
                     "lalm-metrics logs/run.jsonl | lalm-report --format markdown --plot run.png",
+                    "lalm-metrics run.jsonl | lalm-report --format html --texts run.jsonl > run.html",
                     "lalm-report run_a.metrics.jsonl run_b.metrics.jsonl   # comparison"])
     add_input_args(p)
-    p.add_argument("--format", choices=("text", "json", "markdown", "csv"), default="text")
+    p.add_argument("--format", choices=("text", "json", "markdown", "csv", "html"), default="text")
+    p.add_argument("--texts", action="append", default=[], metavar="RECORDING",
+                   help="with --format html: the recording lalm-chat wrote (--output), whose "
+                        "prompts, reasoning and answers the page shows; once per recording")
+    p.add_argument("--min-fact-age", type=non_negative_int, default=measure.MIN_FACT_AGE_TURNS, metavar="N",
+                   help="count toward the effective context only facts stated at least N turns "
+                        "before they were asked (default: %(default)s)")
     p.add_argument("--plot", type=file_ending(*PLOT_FILES), metavar="FILE", help="also draw the run(s) against context size "
                    "(.png or .svg; needs matplotlib)")
     add_common_args(p)
@@ -278,16 +302,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def work(args, stdin, stdout, stderr) -> int:
+    if args.texts and args.format != "html":
+        raise UsageError("--texts goes with --format html")
+    if "-" in args.texts:
+        raise UsageError("--texts needs a file: stdin carries the metrics")
     hint = "pipe the recording through lalm-metrics first"
     records = read_records(args.inputs, stdin, consumes={"run", "metrics", "recall"},
                            passes={"prompt"}, hint={"turn": hint, "probe": hint})
-    reports = [analyse(g) for g in collect(records)]
+    reports = [analyse(g, args.min_fact_age) for g in collect(records)]
     if not any(r["turns"] for r in reports):
         raise InputError(f"{', '.join(args.inputs) or 'stdin'}: no metrics records to report")
     if args.plot:
         from .plot import plot
         plot(reports, args.plot)
-    emit(reports, args.format, stdout, args.plot)
+    if args.format == "html":
+        from .page import write_page
+        write_page(reports, args.texts, stdout, None if args.quiet else stderr)
+    else:
+        emit(reports, args.format, stdout, args.plot)
     return ExitCode.OK
 
 

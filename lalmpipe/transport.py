@@ -2,8 +2,8 @@
 
 The openai SDK does the transport (base URL, key, error types); the response
 body is read raw so each SSE event is timed the moment its bytes arrive. The
-request is timed from an httpx request hook, which fires as the request
-leaves the client rather than when the SDK starts building it.
+request is timed from httpcore's trace of it, once its last byte is written on
+an open connection: neither the SDK building it nor a reconnect counts.
 """
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ class Attempt:
     failure: tuple[str, str] | None = None  # (kind, message), kind in outcome.FAILURES
     retry_after_s: float | None = None
     unanswered: bool = False           # the connection closed before any byte of an answer
+    connection: str | None = None      # "new" or "reused"; None when no request went out
+    requests: int = 1                  # requests tried for it: 2 after a resend
 
     @property
     def interrupted(self) -> bool:
@@ -37,7 +39,7 @@ class Attempt:
 
 
 class Transport:
-    """An openai client whose request hook marks the moment a request is sent.
+    """An openai client that traces each request: when it left, and on which connection.
 
     Its `base_url` is the URL to show and record, credentials masked; what a
     request gets back is masked too (see `_mask`)."""
@@ -49,6 +51,7 @@ class Transport:
         self.secrets = credentials(base_url, api_key)
         url, query = _split_query(base_url)
         self._sent_ns = 0
+        self._connection: str | None = None
         self.stall_timeout_s = stall_timeout_s
         self.connect_timeout_s = connect_timeout_s
         # identity: the bytes recorded are the bytes the server streamed, never gzip;
@@ -63,7 +66,23 @@ class Transport:
         self.openai = openai
 
     def _on_request(self, request) -> None:
-        self._sent_ns = time.perf_counter_ns()
+        # the SDK has no way to give a request an extension: the client's hook hands httpcore the tracer
+        request.extensions["trace"] = self._trace
+
+    def _trace(self, event: str, info: dict) -> None:
+        """Note when the request left, and whether it needed a new connection.
+
+        The request has left once its body is written, not when its headers start:
+        the server starts on it no sooner, and a long conversation's upload is the
+        network's time, not the model's. Both come after any connect, so a
+        reconnect is never timed.
+        """
+        if event == "http11.send_request_body.complete":
+            self._sent_ns = time.perf_counter_ns()
+        elif event == "connection.connect_tcp.complete":
+            self._connection = "new"
+        elif event == "http11.send_request_headers.started" and self._connection is None:
+            self._connection = "reused"
 
     def close(self) -> None:
         self.http.close()
@@ -76,12 +95,15 @@ class Transport:
         """Send one streamed chat request; record every event with its time.
 
         A kept-alive connection that the server closed between requests (llama.cpp
-        does so every few requests) fails before any byte comes back: that is the
-        connection pool's, not the server's failure, so the request goes again.
+        closes one after each streamed answer) fails before any byte comes back
+        when the request crosses the close: that is the connection pool's, not
+        the server's failure, so the request goes again (and the answer says it
+        took two).
         """
         att = self._stream_once(body, deadline_s, on_event)
         if att.unanswered:
             att = self._stream_once(body, deadline_s, on_event)
+            att.requests = 2
         self._mask(att)
         return att
 
@@ -104,7 +126,8 @@ class Transport:
         extra = {k: v for k, v in body.items() if k not in ("model", "messages")}
         # with --timeout, no single wait (for headers or the next bytes) outlasts it either
         wait_s = self.stall_timeout_s if deadline_s is None else min(self.stall_timeout_s, deadline_s)
-        self._sent_ns = time.perf_counter_ns()
+        # the trace moves both as the request goes out; one that never leaves keeps them
+        self._sent_ns, self._connection = time.perf_counter_ns(), None
         try:
             with self.client.chat.completions.with_streaming_response.create(
                     model=body["model"], messages=body["messages"], extra_body=extra,
@@ -129,6 +152,7 @@ class Transport:
                 att.failure = ("timeout", f"no bytes for {wait_s:g} s")
             else:
                 att.failure = ("stream", f"{type(e).__name__}: {e}")
+        att.connection = self._connection
         return att
 
     def _read(self, reads, att: Attempt, deadline_s: float | None, on_event) -> None:

@@ -6,6 +6,7 @@ Prints a table of figures; it asserts nothing (goals are in docs/PERFORMANCE.md)
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -221,6 +222,31 @@ def startup() -> dict:
     return out
 
 
+# ---- 5: the HTML page of a full run ----
+
+def page(turns: int = 231, answer_chars: int = 6000) -> dict:
+    """Render a whole run with long answers as one page; open it in headless Chromium."""
+    from browser import have_chromium, load_time_s
+    from synthetic import synthetic_run
+
+    from lalmpipe import report
+    metrics_jsonl, recording_jsonl = synthetic_run(turns, answer_chars)
+    with tempfile.TemporaryDirectory() as tmp:
+        recording, html = os.path.join(tmp, "run.jsonl"), os.path.join(tmp, "run.html")
+        with open(recording, "w") as fp:
+            fp.write(recording_jsonl)
+        t = time.perf_counter()
+        with open(html, "w") as out:
+            report.main(["--format", "html", "--texts", recording, "-q"],
+                        io.BytesIO(metrics_jsonl.encode()), out, sys.stderr)
+        render_s = time.perf_counter() - t
+        loads = [load_time_s(html) for _ in range(3)] if have_chromium() else []
+        return {"render_s": render_s, "kib": os.path.getsize(html) / 1024,
+                "load_s": min((l[0] for l in loads), default=None),
+                "browser_wall_s": min((l[1] for l in loads), default=None),
+                "rows_seen": min((l[2] for l in loads), default=None)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="smaller runs, for a first look")
@@ -249,6 +275,15 @@ def main() -> None:
     print("\n4. start-up: wall time of --help (best of 5), and whether openai was imported")
     for name, (ms, imported) in startup().items():
         print(f"   {name:<32} {'' if ms is None else f'{ms:6.0f} ms'}   openai imported: {imported}")
+    turns5 = 40 if args.quick else 231
+    pg = page(turns5)
+    print(f"\n5. lalm-report --format html: {turns5} turns, answers of 6,000 characters, with probes")
+    print(f"   rendered in {pg['render_s']:.2f} s, {pg['kib']:,.0f} KiB")
+    if pg["load_s"] is None:
+        print("   headless Chromium: not installed (make test installs it)")
+    else:
+        print(f"   opens in headless Chromium in {pg['load_s']:.2f} s (load event, best of 3, "
+              f"{pg['rows_seen']} turn rows seen; the whole browser run {pg['browser_wall_s']:.2f} s)")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from lalmpipe import replay
 from lalmpipe.replay import ReplayServer, Script, models_routes
 from lalmpipe.sse import encode_event
 
@@ -138,16 +139,48 @@ def deltas_script(deltas: list[dict], wait_s: float = 0.0) -> Script:
                (t, _chunk({}, finish="stop")), (t + 0.001, "[DONE]"))
 
 
+HANGUP = "hangup"   # a Script end: the request is read, then the connection closed unanswered
+
+
+class _Handler(replay._Handler):
+    """The scripted server's handler, dropping connections as real servers do.
+
+    With the server's `closes` set, every connection ends after one response:
+    "announced" says so (`Connection: close`), "silent" just closes it. A script
+    that ends in HANGUP closes the connection (a FIN) without a byte of answer:
+    what a client sees when the server closed an idle kept-alive connection
+    just as the request went out.
+    """
+
+    def handle_one_request(self):
+        super().handle_one_request()
+        if self.server.closes:
+            self.close_connection = True
+
+    def end_headers(self):
+        if self.server.closes == "announced":
+            self.send_header("Connection", "close")
+        super().end_headers()
+
+    def _play(self, script: Script, t_arrival: float) -> None:
+        if script.end == HANGUP:
+            self.close_connection = True
+            return
+        super()._play(script, t_arrival)
+
+
 class ForkedServer:
     """A ScriptedServer in a child process, so its pacing never shares the
     client's interpreter lock: the timing truth stays the schedule."""
 
-    def __init__(self, answer, **kwargs):
+    def __init__(self, answer, closes: str | None = None, **kwargs):
         import multiprocessing
 
         ctx = multiprocessing.get_context("fork")
         self._queue = ctx.Queue()
-        self._server = ScriptedServer(answer, self._queue.put, **kwargs)
+        self._server = ScriptedServer(answer, on_request=self._queue.put, **kwargs)
+        self._server.RequestHandlerClass = _Handler
+        self._server.closes = closes      # None, "announced" or "silent" (see _Handler)
         self._proc = ctx.Process(target=self._serve, daemon=True)
         self._requests: list[dict] = []
         self.base_url = self._server.base_url

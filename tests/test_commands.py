@@ -243,3 +243,15 @@ def test_a_closed_pipe_ends_metrics_quietly(tmp_path):
     p = subprocess.run(f"set -o pipefail; lalm-metrics {big} | head -c 10", shell=True,
                        capture_output=True, env=env, executable="/bin/bash")
     assert p.returncode == 0
+
+
+def test_error_kinds_are_enforced():
+    from lalmpipe.records import ERROR_KINDS, Error
+    with pytest.raises(ValueError, match="unknown error kind 'bogus'"):
+        Error(kind="bogus", message="m")
+    assert [Error(kind=k, message="m").kind for k in ERROR_KINDS] == list(ERROR_KINDS)
+    turn = ('{"kind":"turn","v":2,"run_id":"r","turn":1,"prompt":{"id":1,"tier":"expert","text":"q"},'
+            '"sent_at":"t","status":"error","error":{"kind":"bogus","message":"m"}}\n')
+    ran = run_main(metrics.main, [], RUN + turn)
+    assert ran.code == 1 and ran.err.startswith("lalm-metrics: error: stdin:2: turn record: ") \
+        and "bogus" not in ran.out and "error.kind" in ran.err, ran.err

@@ -131,6 +131,28 @@ def test_the_wheel_carries_the_prompts_and_the_facts(wheel):
                 assert whl.read("lalmpipe/data/" + os.path.basename(name)) == fp.read()
 
 
+def test_the_wheel_carries_the_page_template(wheel):
+    with zipfile.ZipFile(wheel) as whl:
+        for name in ("report.html.j2", "report.js"):
+            with open(os.path.join(ROOT, "lalmpipe", "templates", name), "rb") as fp:
+                assert whl.read("lalmpipe/templates/" + name) == fp.read()
+
+
+def test_installed_report_writes_the_page(venv_bin, elsewhere):
+    """From the installed template, with the recording's texts; without matplotlib (not
+    installed here: the [plot] extra), the page says it has no figures."""
+    from browser import parse
+    script = pipeline(venv_bin, ("lalm-metrics", EXAMPLE),
+                      ("lalm-report", "--format", "html", "--texts", EXAMPLE))
+    done = run(["bash", "-c", script], cwd=elsewhere)
+    page = parse(done.stdout)
+    with open(EXAMPLE, encoding="utf-8") as fp:
+        answers = [rec["content"] for rec in map(json.loads, fp) if rec["kind"] == "turn"]
+    assert [pre.text()[1:] for pre in page.find_all("pre", "answer")] == answers
+    assert "no figures: matplotlib is not installed" in done.stdout and "<svg" not in done.stdout
+    assert done.stderr.endswith("1 run, 8 turns, 8 with their texts\n")
+
+
 def test_installed_prompts_are_the_shipped_231(venv_bin, elsewhere):
     where = run([venv_bin / "python", "-c", "import lalmpipe; print(lalmpipe.__file__)"], cwd=elsewhere)
     assert where.stdout.startswith(str(venv_bin.parent)), where.stdout

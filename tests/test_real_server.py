@@ -62,7 +62,9 @@ def test_growing_conversation_on_the_real_server(server, api_key):
         assert r["cached_tokens"] >= prev["prompt_tokens"] - 4
     for r in rows:
         assert 0 < r["ttft_s"] < r["e2e_s"]
-        assert r["decode_tps"] > 5 and r["prefill_tps"] > 0
+        # no speed floor (a busy machine is slow, not wrong): the rate agrees with the server's own
+        server_tps = r["server_timings"]["predicted_per_second"]
+        assert r["prefill_tps"] > 0 and server_tps / 2 < r["decode_tps"] < server_tps * 2
         assert r["completion_tokens"] == r["server_timings"]["predicted_n"]
         t = r["server_timings"]
         # client TTFT = server prompt time + the first token's time, within a few ms
@@ -134,19 +136,28 @@ def test_memory_probes_on_the_real_model(server, api_key):
     turns, rows, metrics_out = pipeline(server, 12, "--max-tokens", "48", "--probe-every", "4",
                                         "--probe-max-tokens", "24")
     probes = [t for t in turns if t["kind"] == "probe"]
-    # after turns 4, 8, 12: the facts stated so far (prompt 4; then 6; then 10, 11, 12)
+    facts = {f["id"]: f["stated_in"] for f in turns[0]["settings"]["facts"]}
+    # after turns 4, 8, 12: each fact stated by then
     assert sorted({p["after_turn"] for p in probes}) == [4, 8, 12]
-    assert len(probes) == 1 + 3 + 8
+    assert len(probes) == sum(sum(1 for s in facts.values() if s <= k) for k in (4, 8, 12))
     recalls = [r for r in json_lines(metrics_out) if r["kind"] == "recall"]
     assert len(recalls) == len(probes) and all(r["status"] == "ok" for r in recalls)
     assert all(isinstance(r["correct"], bool) and r["context_tokens"] > 0 for r in recalls)
-    doc = json.loads(run_main(report.main, ["--format", "json"], metrics_out).out)
+    for r in recalls:
+        assert r["turns_since_stated"] == r["after_turn"] - facts[r["fact_id"]]
+        assert r["tokens_since_stated"] > 0 and 0 <= r["depth"] < 1
+    doc = json.loads(run_main(report.main, ["--format", "json", "--min-fact-age", "0"], metrics_out).out)
     m = doc["memory"]
     assert [r["after_turn"] for r in m["rounds"]] == [4, 8, 12]
     assert m["advertised_window_tokens"] == turns[0]["server"]["context_window"]
     assert m["rule_checked_turns"] == 12
+    assert sum(b["probes"] for b in m["by_distance"]) == sum(b["probes"] for b in m["by_depth"]) == len(probes)
+    assert sum(c["probes"] for c in m["grid"]) == len(probes)
+    text = run_main(report.main, ["--min-fact-age", "0"], metrics_out).out
+    assert "By distance" in text and "By depth" in text
     # what SmolLM2-135M remembers is a finding, not a test: it is printed, not asserted
     print("recall by round:", [(r["after_turn"], r["context_tokens"], r["recall"]) for r in m["rounds"]],
+          "by distance:", [(b["from"], b["recall"]) for b in m["by_distance"]],
           "rule kept:", m["rule_kept_turns"], "of", m["rule_checked_turns"])
 
 

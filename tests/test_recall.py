@@ -7,7 +7,7 @@ from conftest import prompts_jsonl, run_main
 from lalmpipe import chat, metrics, recall, report
 from lalmpipe.recall import DEFAULT_FACTS, load_facts
 from lalmpipe.records import Fact
-from scripted import FACTS, ForkedServer, scripted_model
+from scripted import FACTS, ForkedServer, scripted_model, sse
 
 
 @pytest.mark.parametrize("answer, expected, ok", [
@@ -77,6 +77,7 @@ def test_probes_find_the_effective_context_and_stay_out_of_the_conversation(tmp_
     kinds = [r["kind"] for r in ran.records]
     assert kinds[:4] == ["run", "turn", "turn", "probe"] and kinds.count("turn") == 10
     assert kinds.count("probe") == 11                 # 2 facts each round, the third once stated (turn 9)
+    assert {r["connection"] for r in ran.records if r["kind"] == "probe"} == {"reused"}
     probe_bodies = [b for b in requests if b["messages"][-1]["content"] in questions]
     turn_bodies = [b for b in requests if b["messages"][-1]["content"] not in questions]
     assert all(b["max_tokens"] == 20 for b in probe_bodies)
@@ -94,7 +95,9 @@ def test_probes_find_the_effective_context_and_stay_out_of_the_conversation(tmp_
         [(2, "tempo", True), (2, "bins", True)]
     rows = [r for r in measured.records if r["kind"] == "metrics"]
     assert [r["rule_kept"] for r in rows] == [True] * 5 + [False] * 5
-    doc = json.loads(run_main(report.main, ["--format", "json"], measured.out).out)
+    # facts asked right after they were said count only with --min-fact-age 0
+    assert json.loads(run_main(report.main, ["--format", "json"], measured.out).out)["memory"]["rounds"] == []
+    doc = json.loads(run_main(report.main, ["--format", "json", "--min-fact-age", "0"], measured.out).out)
     m = doc["memory"]
     # probe context = 100 x messages + 5: right at 505, 905; wrong from 1305 on
     assert [(r["after_turn"], r["context_tokens"], r["recall"]) for r in m["rounds"]] == [
@@ -102,6 +105,55 @@ def test_probes_find_the_effective_context_and_stay_out_of_the_conversation(tmp_
     assert m["effective_context_tokens"] == 905
     assert m["effective_context_relative_tokens"] == 905
     assert m["rule_first_broken"]["turn"] == 6 and m["rule_kept_turns"] == 5
-    text = run_main(report.main, [], measured.out).out
+    text = run_main(report.main, ["--min-fact-age", "0"], measured.out).out
     assert "effective context 905 tokens (recall >= 90%)" in text
     assert "Rule         kept in 5 of 10 turns; first broken at turn 6" in text
+
+
+K_TOKENS = 1500     # the scripted model remembers what was said in its last K tokens
+
+
+def remembers_last_k(i, body):
+    """100 tokens a message; a fact is answered right while its statement is within K tokens."""
+    messages = body["messages"]
+    prompt_tokens = 100 * len(messages)
+    asked = messages[-1]["content"]
+    if asked.startswith("Which number did prompt "):
+        stated = int(asked.split()[4].rstrip("?"))
+        since = prompt_tokens - 100 * 2 * (stated - 1)
+        text = f"It was {40 + stated}." if since <= K_TOKENS else "It was 12."
+    else:
+        text = "Noted" + " word" * 98          # about 100 cl100k tokens, as the server counts
+    return sse((0.01, json.dumps({"choices": [{"index": 0, "delta": {"content": text}}]})),
+               (0.02, json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                                  "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 5}})),
+               (0.03, "[DONE]"))
+
+
+def test_a_model_that_remembers_k_tokens_has_an_effective_context_of_about_k(tmp_path, api_key):
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps({"facts": [
+        {"id": f"n{s}", "stated_in": s, "question": f"Which number did prompt {s} give?",
+         "answer": str(40 + s)} for s in range(1, 7)]}))
+    texts = [(f"prompt {i}: remember the number {40 + i}." if i <= 6 else f"prompt {i}.") + " word" * 90
+             for i in range(1, 22)]
+    with ForkedServer(remembers_last_k) as srv:
+        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q", "--probe-every", "3",
+                                   "--facts", str(facts)], prompts_jsonl(texts))
+    assert ran.code == 0, ran.err
+    measured = run_main(metrics.main, [], ran.out)
+    recalls = [r for r in measured.records if r["kind"] == "recall"]
+    first = next(r for r in recalls if r["after_turn"] == 6 and r["fact_id"] == "n1")
+    assert (first["stated_turn"], first["turns_since_stated"], first["depth"]) == (1, 5, 0.0)
+    later = next(r for r in recalls if r["after_turn"] == 9 and r["fact_id"] == "n1")
+    assert later["tokens_since_stated"] > first["tokens_since_stated"] > 0
+    doc = json.loads(run_main(report.main, ["--format", "json", "--min-fact-age", "3"], measured.out).out)
+    m = doc["memory"]
+    rounds = [(r["after_turn"], r["context_tokens"], r["recall"]) for r in m["rounds"]]
+    # probe rounds every 3 turns, 600 tokens apart: the last round with recall >= 0.9 is within one of K
+    assert rounds[:3] == [(6, 1305, 1.0), (9, 1905, 0.6667), (12, 2505, 0.1667)]
+    assert abs(m["effective_context_tokens"] - K_TOKENS) <= 600
+    assert m["by_distance"][0]["recall"] == 1.0 and m["by_distance"][-1]["recall"] == 0.0
+    assert {c["depth_from"] for c in m["grid"]} >= {0.0, 0.2}
+    text = run_main(report.main, ["--min-fact-age", "3"], measured.out).out
+    assert "By distance" in text and "By depth" in text

@@ -54,6 +54,15 @@ def test_plots_for_one_run_and_for_several(tmp_path, ext, magic):
     assert run_main(report.main, ["--plot", str(tmp_path / "x.jpg")], one).code == 2
 
 
+def test_names_are_drawn_as_written_never_read_as_mathtext(tmp_path):
+    run, *rows = metrics_of("llama.in.jsonl").splitlines()
+    named = json.dumps({**json.loads(run), "model": "qwen $\\frac{1}{$ 8b"}) + "\n" + "\n".join(rows)
+    for ext in (".png", ".svg"):
+        ran = run_main(report.main, ["--plot", str(tmp_path / f"named{ext}")], named)
+        assert ran.code == 0, ran.err
+        assert (tmp_path / f"named{ext}").stat().st_size > 20_000
+
+
 def run_and_rows(run_id, rows):
     run = {"kind": "run", "v": 1, "run_id": run_id, "started_at": "t", "tool": {}, "base_url": "u", "model": "m"}
     return "".join(json.dumps(r) + "\n" for r in [run] + [{**r.to_dict(), "run_id": run_id} for r in rows])

@@ -327,3 +327,14 @@ def test_a_resumed_run_sends_the_history_an_uninterrupted_one_sends(tmp_path, ap
         got = [r["body"]["messages"] for r in srv.requests]
     assert resumed.returncode == 0, stderr
     assert got == expected[:3] + expected[2:]                # turn 3 asked twice, the same way
+
+
+def test_a_facts_flag_without_probes_leaves_the_run_record_readable(tmp_path, api_key):
+    out = tmp_path / "run.jsonl"
+    with ForkedServer(lambda i, b: stream("plain", n_content=3, ttft_s=0.01)[0]) as srv:
+        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q", "--output", str(out),
+                                   "--num-rounds", "1", "--facts", str(tmp_path / "unused.json")],
+                       prompts_jsonl(PROMPTS))
+    assert ran.code == 0, ran.err
+    assert ran.records[0]["settings"]["facts"] is None
+    assert run_main(metrics.main, [str(out)]).code == 0
