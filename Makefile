@@ -1,10 +1,12 @@
 # lalmpipe: make demo (a short benchmark against a real local server), make test.
+# make server / make demo MODEL=qwen2.5-coder-0.5b|smollm2-135m (default: the first)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-# make bench: against any OpenAI-compatible server
+# make bench: against any OpenAI-compatible server; MODEL is also the model the
+# project's own server serves (make server, make demo)
 BASE_URL   ?=
 MODEL      ?=
 MODELS     ?= $(MODEL)
@@ -26,14 +28,16 @@ server-bin: install
 	$(BIN)/python -m lalmpipe.localserver fetch
 
 server: server-bin
-	@$(BIN)/python -m lalmpipe.localserver start
+	@$(BIN)/python -m lalmpipe.localserver start $(if $(MODEL),--model $(MODEL))
 
 server-stop:
 	@$(BIN)/python -m lalmpipe.localserver stop
 
+# enough turns for the recall of the planted facts to fall: a few minutes on 2 cores
 demo: server-bin
-	@$(BIN)/python -m lalmpipe.localserver run -- \
-	  $(MAKE) --no-print-directory bench ROUNDS=8 MAX_TOKENS=160 CHAT_ARGS="$(CHAT_ARGS)"
+	@$(BIN)/python -m lalmpipe.localserver run $(if $(MODEL),--model $(MODEL)) -- \
+	  $(MAKE) --no-print-directory bench ROUNDS=40 MAX_TOKENS=64 \
+	  CHAT_ARGS="--probe-every 10 --temperature 0 $(CHAT_ARGS)" REPORT_ARGS="--min-fact-age 4 $(REPORT_ARGS)"
 
 bench: install
 	@mkdir -p $(LOGS); set -e; ts=$$(date -u +%Y%m%dT%H%M%SZ); all=""; texts=""; i=0; \
@@ -44,16 +48,16 @@ bench: install
 	  | $(BIN)/lalm-chat $(if $(BASE_URL),--base-url $(BASE_URL)) $$( [ "$$m" = _ ] || echo --model $$m ) \
 	      --max-tokens $(MAX_TOKENS) --output $$name.jsonl $(CHAT_ARGS) \
 	  | $(BIN)/lalm-metrics > $$name.metrics.jsonl; \
-	  $(BIN)/lalm-report --format json $$name.metrics.jsonl > $$name.json; \
-	  $(BIN)/lalm-report --plot $$name.png $$name.metrics.jsonl; \
-	  $(BIN)/lalm-report --format html --texts $$name.jsonl $$name.metrics.jsonl > $$name.html; \
+	  $(BIN)/lalm-report --format json $(REPORT_ARGS) $$name.metrics.jsonl > $$name.json; \
+	  $(BIN)/lalm-report --plot $$name.png $(REPORT_ARGS) $$name.metrics.jsonl; \
+	  $(BIN)/lalm-report --format html $(REPORT_ARGS) --texts $$name.jsonl $$name.metrics.jsonl > $$name.html; \
 	  echo "recording $$name.jsonl, report $$name.json, plot $$name.png, page $$name.html" >&2; \
 	  all="$$all $$name.metrics.jsonl"; texts="$$texts --texts $$name.jsonl"; \
 	done; \
 	if [ $(words $(MODELS)) -gt 1 ]; then \
-	  $(BIN)/lalm-report --plot $(LOGS)/lalm_benchmark_compare_$$ts.png $$all | sed -n '/^Comparison/,$$p'; \
-	  $(BIN)/lalm-report --format json $$all > $(LOGS)/lalm_benchmark_compare_$$ts.json; \
-	  $(BIN)/lalm-report --format html $$texts $$all > $(LOGS)/lalm_benchmark_compare_$$ts.html; \
+	  $(BIN)/lalm-report --plot $(LOGS)/lalm_benchmark_compare_$$ts.png $(REPORT_ARGS) $$all | sed -n '/^Comparison/,$$p'; \
+	  $(BIN)/lalm-report --format json $(REPORT_ARGS) $$all > $(LOGS)/lalm_benchmark_compare_$$ts.json; \
+	  $(BIN)/lalm-report --format html $(REPORT_ARGS) $$texts $$all > $(LOGS)/lalm_benchmark_compare_$$ts.html; \
 	fi
 
 report: install

@@ -189,10 +189,11 @@ class Chat:
     def probe_round(self, after_turn: int) -> Iterator[Probe]:
         """Ask each fact stated so far, each in a request of its own that the
         conversation never sees (the history and its prefix cache stay as they are)."""
-        for fact in self.facts:
-            if fact.stated_in not in self.conversation.answered:
-                continue
+        asked = [f for f in self.facts if f.stated_in in self.conversation.answered]
+        t_start = time.monotonic()
+        for k, fact in enumerate(asked, 1):
             self.interrupts.check()
+            self.progress.start_probe(after_turn, k, len(asked))
             body = {"model": self.run.model, **self.params,
                     "max_tokens": self.settings.probe_max_tokens,
                     "messages": self.conversation.messages + [{"role": "user", "content": fact.question}]}
@@ -210,4 +211,5 @@ class Chat:
                         content=view.content, connection=att.connection)
             if status == STATUS_INTERRUPTED:
                 raise KeyboardInterrupt
-
+        if asked:
+            self.progress.end_probes(after_turn, len(asked), time.monotonic() - t_start)

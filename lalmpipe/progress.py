@@ -2,7 +2,7 @@
 
 On a terminal: a live counter while a turn streams, then one line per finished
 turn (turn k of N, tier, context, TTFT, decode speed, reasoning) with the time
-left. Notices (retries, the stop) go to stderr in a pipeline too; -q silences all.
+left, and one per round of probes. Notices (retries, the stop) go to stderr in a pipeline too; -q silences all.
 """
 from __future__ import annotations
 
@@ -50,6 +50,14 @@ class Progress:
         self._done += 1
         if self.live:
             self._write(f"\r\x1b[K{turn_line(record, view, self.total)}{self._left()}\n")
+
+    def start_probe(self, after_turn: int, k: int, of: int) -> None:
+        if self.live:
+            self._write(f"\r\x1b[Kturn {after_turn}: asking planted fact {k} of {of}…")
+
+    def end_probes(self, after_turn: int, asked: int, elapsed_s: float) -> None:
+        if self.live:
+            self._write(f"\r\x1b[Kturn {after_turn}: asked {asked} planted facts in {elapsed_s:.1f} s\n")
 
     def _left(self) -> str:
         if not self.total or self._done >= self.total:

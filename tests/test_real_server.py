@@ -1,5 +1,6 @@
-"""End to end against the real llama-server and SmolLM2-135M-Instruct, started
-and stopped by the tests on free ports of 127.0.0.1 (make server-bin builds it)."""
+"""End to end against the real llama-server and SmolLM2-135M-Instruct, a tiny
+fast model, started and stopped by the tests on free ports of 127.0.0.1 (make
+server-bin builds it). What a model remembers: test_real_memory.py."""
 import json
 import os
 import signal
@@ -21,19 +22,19 @@ THINK_GRAMMAR = 'root ::= "<think>\\n" [a-z ]{10,40} "\\n</think>\\n\\n" [A-Za-z
 
 @pytest.fixture(scope="module")
 def server():
-    with LocalServer() as srv:
+    with LocalServer("smollm2-135m") as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def small_server():
-    with LocalServer(ctx=512, extra=["--parallel", "1"]) as srv:
+    with LocalServer("smollm2-135m", ctx=512) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def think_server():
-    with LocalServer(extra=["--chat-template-file", THINK_TEMPLATE]) as srv:
+    with LocalServer("smollm2-135m", extra=["--chat-template-file", THINK_TEMPLATE]) as srv:
         yield srv
 
 
@@ -109,7 +110,8 @@ def test_reasoning_from_the_real_server_both_ways(think_server, api_key, inline)
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_the_demo_wrapper_stops_its_server_however_it_ends(sig):
-    proc = subprocess.Popen([sys.executable, "-m", "lalmpipe.localserver", "run", "--", "sleep", "60"],
+    proc = subprocess.Popen([sys.executable, "-m", "lalmpipe.localserver", "run", "--model", "smollm2-135m",
+                             "--", "sleep", "60"],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
     line = proc.stderr.readline()
     url = line.rsplit(" at ", 1)[1].strip()
@@ -121,7 +123,7 @@ def test_the_demo_wrapper_stops_its_server_however_it_ends(sig):
 
 
 def test_a_failing_command_still_stops_the_server():
-    p = subprocess.run([sys.executable, "-m", "lalmpipe.localserver", "run", "--", "sh", "-c",
+    p = subprocess.run([sys.executable, "-m", "lalmpipe.localserver", "run", "--model", "smollm2-135m", "--", "sh", "-c",
                         "curl -sf $OPENAI_BASE_URL/models > /dev/null && exit 3"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 3

@@ -118,3 +118,20 @@ def test_live_progress_on_a_terminal_only(api_key):
     assert lines[1].startswith("turn 2/2 [foundations] ctx 85 tok")
     assert "chunks, 0." in tty.getvalue()          # the live counter while streaming
     assert piped.err == ""                         # nothing on stderr in a pipeline
+
+
+def test_a_round_of_probes_shows_on_a_terminal(tmp_path, api_key):
+    from scripted import FACTS, ForkedServer, scripted_model
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps(FACTS))
+    with ForkedServer(scripted_model) as srv:
+        tty = Terminal()
+        argv = ["--base-url", srv.base_url, "--model", "m", "--probe-every", "2", "--facts", str(facts)]
+        assert chat.main(argv, io.BytesIO(prompts_jsonl(["a", "b", "c"]).encode()), io.StringIO(), tty) == 0
+    lines = [l.split("\x1b[K")[-1] for l in tty.getvalue().split("\n") if l]
+    assert [l.split(" [")[0] for l in lines[:2]] == ["turn 1/3", "turn 2/3"]
+    assert lines[2].startswith("turn 2: asked 2 planted facts in 0.") and lines[2].endswith(" s")
+    assert lines[3].startswith("turn 3/3 [foundations]") and len(lines) == 4
+    live = tty.getvalue()
+    assert live.index("turn 2: asking planted fact 1 of 2") < live.index("turn 2: asking planted fact 2 of 2") \
+        < live.index("turn 2: asked 2")
