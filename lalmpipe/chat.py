@@ -36,10 +36,12 @@ PROG = "lalm-chat"
 DEFAULT_BASE_URL = "http://localhost:1234/v1"
 
 
-def new_run(args, model: str, server: Server, base_url: str, memory: dict | None) -> Run:
+def new_run(args, model: str, server: Server, base_url: str, memory: dict | None, history) -> Run:
     settings = Settings.from_args(args)
     if memory:
         settings = msgspec.structs.replace(settings, rule=memory["rule"], facts=memory["facts"])
+    if history:
+        settings = msgspec.structs.replace(settings, history=history.source)
     return Run(run_id=uuid.uuid4().hex[:12], started_at=now_iso(),
                tool={"name": "lalmpipe", "version": __version__}, base_url=base_url,
                model=model, params=request_params(args), settings=settings, server=server)
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "| tee turns.jsonl | lalm-metrics | lalm-report",
                     "lalm-prompts | lalm-chat --output run.jsonl --probe-every 10 > /dev/null",
                     "lalm-prompts | lalm-chat --output run.jsonl --resume   # after an interruption",
+                    "lalm-prompts | lalm-chat --history other.jsonl --at 50,100,200 --cold --probe-every 1",
                     "",
                     "environment: OPENAI_BASE_URL, OPENAI_API_KEY (sent as a Bearer token, "
                     "never written anywhere)"])
@@ -98,10 +101,27 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the bundled facts)")
     p.add_argument("--probe-max-tokens", type=positive_int, default=DEFAULT_SETTINGS.probe_max_tokens, metavar="N",
                    help="max_tokens of a probe (default: %(default)s)")
+    p.add_argument("--history", dest="history_file", metavar="RECORDING",
+                   help="the history's answers come from this lalm-chat recording (matched by prompt "
+                        "id), not from the model: every model is sent the same messages")
+    p.add_argument("--at", type=id_list, metavar="LIST",
+                   help="with --history, send only these prompt ids, e.g. 50,100-102; the others "
+                        "enter the history from the recording unsent")
+    p.add_argument("--every", type=positive_int, metavar="K",
+                   help="with --history, send only every K-th prompt (with --at: those too)")
+    p.add_argument("--cold", action="store_true",
+                   help="make every turn sent a full prefill (llama.cpp: cache_prompt false; "
+                        "elsewhere a unique first line)")
     p.add_argument("--output", metavar="FILE", help="also append every record to FILE, synced to disk")
     p.add_argument("--resume", action="store_true", help="continue the partial run in --output FILE")
     add_common_args(p)
     return p
+
+
+def id_list(text: str) -> list[int]:
+    """An argparse type: prompt ids or ranges, as lalm-prompts --ids takes them."""
+    from .prompts import parse_ids
+    return sorted(parse_ids(text))
 
 
 def _json_object(text: str) -> dict:
@@ -119,18 +139,29 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
 
 
 def _run(args, stdin, stdout, stderr) -> int:
+    from .history import Plan, open_history
     from .resume import previous_run
     from .transport import Transport
 
+    if (args.at or args.every) and not args.history_file:
+        raise UsageError("--at and --every need --history RECORDING: the answers of the "
+                         "turns not sent would not exist")
     if args.resume and not args.output:
         raise UsageError("--resume needs --output FILE")
     prompts, others = load_prompts(args, stdin)
-    progress = Progress(stderr, args.quiet, total=len(prompts))
+    progress = Progress(stderr, args.quiet)
     done = previous_run(args.output, progress.say) if args.resume else None
+    settings = done.run.settings if done else Settings.from_args(args)
+    history = open_history(args.history_file, settings.history if done else None, bool(done))
+    plan = Plan(prompts, settings.at, settings.every)
+    prompts = plan.used(prompts)
+    if history:
+        history.check(prompts)
+    # chosen turns cost what their depth costs: no estimate of the time left
+    progress.total = None if plan.selective else len(prompts)
     memory = None if done else memory_of(args)
     interrupts = Interrupts()
     with interrupts.installed():
-        settings = done.run.settings if done else args
         transport = Transport(args.base_url, os.environ.get(API_KEY_VAR), settings.stall_timeout)
         try:
             if done:
@@ -139,33 +170,33 @@ def _run(args, stdin, stdout, stderr) -> int:
                 model, server = preflight(transport, args.model or (done.run.model if done else None))
             if model is None:
                 raise InputError(f"the server at {transport.base_url} lists no model: give --model")
-            run = done.run if done else new_run(args, model, server, transport.base_url, memory)
+            run = done.run if done else new_run(args, model, server, transport.base_url, memory, history)
             warn_if_too_small(progress, prompts, run.server.context_window, run.params.get("max_tokens"))
-            _converse(args, transport, run, prompts, others, done, progress, interrupts, stdout)
+            chat = Chat(transport, run, Conversation.of(run), progress, interrupts, run.settings.facts or (),
+                        history, plan)
+            _converse(args, chat, prompts, others, done, stdout)
         finally:
             transport.close()
     return ExitCode.OK
 
 
-def _converse(args, transport, run, prompts, others, done, progress, interrupts, stdout) -> None:
+def _converse(args, chat, prompts, others, done, stdout) -> None:
     from .resume import open_output
 
-    conversation = Conversation.of(run)
     first = 1
     with open_output(args.output, args.resume) as also:
-        out = RecordWriter(stdout, also, on_broken=progress.say)
+        out = RecordWriter(stdout, also, on_broken=chat.progress.say)
         if done:
             # the stream carries the whole run, so a pipeline measures it as the file would
-            prompts, first = done.apply(prompts, conversation, progress)
+            prompts, first = done.apply(prompts, chat.conversation, chat.progress)
             out.write_text(done.text)
         else:
-            out.write(run)
+            out.write(chat.run)
             for record in others:
                 out.write(record)
-        chat = Chat(transport, run, conversation, progress, interrupts, run.settings.facts or ())
         for record in chat.turns(prompts, first):
             out.write(record)
-            interrupts.check()
+            chat.interrupts.check()
 
 
 def memory_of(args) -> dict | None:

@@ -10,7 +10,8 @@ from typing import Iterable, Iterator
 
 from . import outcome
 from .reasoning import read_stream
-from .records import STATUS_INTERRUPTED, STATUS_OK, Fact, Probe, Prompt, Run, Turn
+from .records import (COLD_CACHE_PROMPT, COLD_MARKER, STATUS_INTERRUPTED, STATUS_OK, Exchange, Fact,
+                      Probe, Prompt, Run, Turn)
 from .transport import Attempt
 
 
@@ -26,6 +27,17 @@ def request_params(args) -> dict:
     params["stream_options"] = {"include_usage": True}
     params.update(args.extra_body or {})
     return params
+
+
+def cold_way(software: str | None) -> str:
+    """How to make a request a full prefill: llama.cpp's `cache_prompt: false`;
+    elsewhere a line at the very start that no cached prefix can match."""
+    return COLD_CACHE_PROMPT if software == "llama.cpp" else COLD_MARKER
+
+
+def cold_marker(run_id: str, turn: int) -> str:
+    """A line unique to one request of one run."""
+    return f"[{run_id}/{turn}]\n"
 
 
 class Conversation:
@@ -47,13 +59,19 @@ class Conversation:
         first = not self.answered
         return {"role": "user", "content": f"{self.rule}\n\n{text}" if self.rule and first else text}
 
-    def request(self, text: str) -> list[dict]:
-        return self.messages + [self._user(text)]
+    def request(self, text: str, marker: str | None = None) -> list[dict]:
+        """The messages to send; a marker goes at the very start of the first one."""
+        messages = self.messages + [self._user(text)]
+        if marker:
+            messages[0] = {**messages[0], "content": marker + messages[0]["content"]}
+        return messages
 
     def add(self, prompt_id: int, text: str, view) -> None:
         """Append the question and the answer its stream gave, as a client would,
         so the prefix cache is measured as a real client meets it."""
-        answer = view.history_text(self.keep_reasoning)
+        self.add_answer(prompt_id, text, view.history_text(self.keep_reasoning))
+
+    def add_answer(self, prompt_id: int, text: str, answer: str) -> None:
         self.messages += [self._user(text), {"role": "assistant", "content": answer}]
         self.answered.add(prompt_id)
 
@@ -118,7 +136,7 @@ class Chat:
     """
 
     def __init__(self, transport, run: Run, conversation: Conversation, progress,
-                 interrupts: Interrupts, facts: list[Fact] = ()):
+                 interrupts: Interrupts, facts: list[Fact] = (), history=None, plan=None):
         self.transport, self.run = transport, run
         self.settings = run.settings
         self.facts = list(facts)
@@ -126,16 +144,23 @@ class Chat:
         self.progress = progress
         self.interrupts = interrupts
         self.params = {**run.params, "stream": True}
+        self.history = history      # lalmpipe.history.History: the answers the history gets
+        self.plan = plan            # lalmpipe.history.Plan: the prompts sent
 
     def turns(self, prompts: Iterable[Prompt], first_turn: int = 1) -> Iterator[Turn | Probe]:
-        n, every = first_turn, self.settings.probe_every
+        n, every, skipped = first_turn, self.settings.probe_every, []
         for prompt in prompts:
             self.interrupts.check()
-            record = self.one_turn(n, prompt)
+            if self.plan and not self.plan.sends(prompt.id):
+                skipped.append(self.enter_unsent(n, prompt))
+                n += 1
+                continue
+            record = self.one_turn(n, prompt, skipped)
+            skipped = []
             yield record
             if record.status == STATUS_INTERRUPTED:
                 raise KeyboardInterrupt
-            if record.status == STATUS_OK and every and n % every == 0:
+            if record.status == STATUS_OK and every and self._probes_due(n, prompt):
                 yield from self.probe_round(n)
             if record.status != STATUS_OK and self.settings.on_error == "stop":
                 self.progress.say(f"stopping at turn {n}: {record.error.kind}: "
@@ -143,21 +168,50 @@ class Chat:
                 return
             n += 1
 
-    def one_turn(self, n: int, prompt: Prompt) -> Turn:
-        body = {"model": self.run.model, "messages": self.conversation.request(prompt.text),
+    def _probes_due(self, n: int, prompt: Prompt) -> bool:
+        # with chosen turns, after every K-th of those sent; else after every K-th turn
+        k = self.plan.rank[prompt.id] if self.plan and self.plan.selective else n
+        return k % self.settings.probe_every == 0
+
+    def enter_unsent(self, n: int, prompt: Prompt) -> Exchange:
+        """Put a prompt and its recorded answer into the history without sending them."""
+        answer = self.history.answer(prompt.id)
+        self.conversation.add_answer(prompt.id, prompt.text, answer)
+        return Exchange(turn=n, prompt=prompt.ref(), answer=answer)
+
+    def one_turn(self, n: int, prompt: Prompt, skipped: list[Exchange] = ()) -> Turn:
+        cold = cold_way(self.run.server.software) if self.settings.cold else None
+        marker = cold_marker(self.run.run_id, n) if cold == COLD_MARKER else None
+        body = {"model": self.run.model, "messages": self.conversation.request(prompt.text, marker),
                 **self.params}
+        if cold == COLD_CACHE_PROMPT:
+            body["cache_prompt"] = False
         sent_at = now_iso()
         att, attempts = self._send(n, prompt, body)
         view = read_stream(att.chunks)
         status, error = outcome.classify(att.http_status, att.body, att.failure, view,
                                          self.run.server.context_window)
-        if status == STATUS_OK:
-            self.conversation.add(prompt.id, prompt.text, view)
+        recorded = self._enter(prompt, status, view)
         record = Turn(run_id=self.run.run_id, turn=n, prompt=prompt.ref(), sent_at=sent_at,
                       status=status, http_status=att.http_status, error=error, attempts=attempts,
-                      connection=att.connection, chunks=att.chunks, content=view.content, reasoning=view.reasoning)
+                      connection=att.connection, chunks=att.chunks, content=view.content, reasoning=view.reasoning,
+                      cold=cold, marker=marker, history=recorded, skipped=list(skipped))
         self.progress.end_turn(record, view)
         return record
+
+    def _enter(self, prompt: Prompt, status: str, view) -> str | None:
+        """Put a turn's exchange into the history; return the recorded answer
+        that went in place of the model's own (--history)."""
+        # a fixed history goes on the same whatever the model did; a turn that
+        # ends the run enters nothing, so that --resume sends it again
+        goes_on = status == STATUS_OK or (status != STATUS_INTERRUPTED and self.settings.on_error == "continue")
+        if self.history is not None and goes_on:
+            answer = self.history.answer(prompt.id)
+            self.conversation.add_answer(prompt.id, prompt.text, answer)
+            return answer
+        if status == STATUS_OK:
+            self.conversation.add(prompt.id, prompt.text, view)
+        return None
 
     def _send(self, n: int, prompt: Prompt, body: dict):
         """Send a turn, again after a transient failure; a signal ends the wait as `interrupted`.

@@ -22,6 +22,7 @@ from . import measure, recall, tokens
 from .jsonl import (ExitCode, InputError, RecordWriter, add_common_args, add_input_args, new_parser,
                     read_records, run_command)
 from .measure import r3, r6
+from .history import own_answer
 from .reasoning import read_stream
 from .outcome import context_tokens
 from .records import DEFAULT_SETTINGS, STATUS_OK, Metrics, Probe, Recall, Run, Turn
@@ -48,22 +49,32 @@ class Conversation:
         self.asked_at: dict[int, tuple[int, int | None]] = {}   # prompt id -> (turn, tokens before it)
 
     def measure(self, turn: Turn) -> Metrics:
-        request_tokens = _add(self.history_tokens, _count(turn.prompt.text))
+        for ex in turn.skipped:     # in the history, never sent
+            self._enter(ex.prompt.id, ex.turn, _count(ex.prompt.text), _count(ex.answer))
+        prompt_n = _count(turn.prompt.text)
+        # a cold request's marker was sent once, and never entered the history
+        request_tokens = _add(self.history_tokens, _add(prompt_n, _count(turn.marker or "")))
         view = read_stream(turn.chunks)
         # each text is counted once: tiktoken is the costly part of a turn
         content_n, reasoning_n = _count(view.content), _count(view.reasoning)
-        history = view.history_text(self.keep_reasoning)        # what lalm-chat appended
+        entered = own_answer(turn, view, self.keep_reasoning)     # what lalm-chat appended
+        history = view.history_text(self.keep_reasoning) if entered is None else entered
         answer_n = content_n if history == view.content else _count(history)
         row = _metrics(turn, view, self, request_tokens, content_n, reasoning_n)
         row.conversation_tokens = _add(request_tokens, answer_n)
         _answer_signals(row, turn, view, self.rule_check)
         if turn.status == STATUS_OK:
-            self.asked_at[turn.prompt.id] = (turn.turn, self.history_tokens)
-            self.history_tokens = _add(request_tokens, answer_n)
             if row.prompt_tokens_source == SERVER:
                 self.prev_prompt_tokens = row.prompt_tokens
             self.prev_request_tokens = request_tokens
+        if entered is not None:
+            self._enter(turn.prompt.id, turn.turn, prompt_n, answer_n)
         return row
+
+    def _enter(self, prompt_id: int, turn: int, prompt_n: int | None, answer_n: int | None) -> None:
+        """A prompt and its answer join the history the next request carries."""
+        self.asked_at[prompt_id] = (turn, self.history_tokens)
+        self.history_tokens = _add(self.history_tokens, _add(prompt_n, answer_n))
 
     def score(self, probe: Probe) -> Recall:
         """Score a forked probe: the right number in the answer?"""

@@ -28,6 +28,11 @@ ERROR_KINDS = ("context_overflow", "http", "connection", "timeout", "stream",
 Status = Literal[STATUSES]
 ErrorKind = Literal[ERROR_KINDS]
 
+# how a request was made a full prefill (lalm-chat --cold): llama.cpp's own switch,
+# or a unique line at the very start of its first message
+COLD_CACHE_PROMPT, COLD_MARKER = "cache_prompt", "marker"
+ColdWay = Literal[COLD_CACHE_PROMPT, COLD_MARKER]
+
 
 class RecordError(ValueError):
     """A record that cannot be read: wrong shape, missing field, newer schema."""
@@ -102,6 +107,22 @@ class PromptRef(Struct):
     text: str = ""
 
 
+class Exchange(Struct):
+    """A prompt that entered the history without being sent, and the answer that followed it."""
+    turn: int                   # its place in the conversation: the turn number it took
+    prompt: PromptRef
+    answer: str
+
+
+class HistorySource(Struct):
+    """The recording a run's history answers came from (lalm-chat --history)."""
+    path: str
+    run_id: str
+    sha256: str                 # of its prompts and answers (lalmpipe.history.digest)
+    answers: int                # prompts it holds an answer for
+    model: str | None = None
+
+
 class Fact(Struct):
     """A planted fact; `expect` and `besides` are read by lalmpipe.recall."""
     id: str
@@ -127,12 +148,16 @@ class Settings(Struct):
     probe_max_tokens: int = 64
     rule: dict | None = None            # {text, check}
     facts: list[Fact] | None = None     # the facts probed
+    history: HistorySource | None = None  # the answers in the history come from this recording
+    at: list[int] | None = None         # only these prompt ids are sent; the others enter the history
+    every: int | None = None            # only every K-th prompt is sent
+    cold: bool = False                  # every turn sent is a full prefill
 
     @classmethod
     def from_args(cls, args) -> "Settings":
-        """The settings the command's flags give (the rule and the facts come from a file)."""
+        """The settings the command's flags give (the rule, the facts and the history come from files)."""
         return cls(**{n: getattr(args, n) for n in cls.__struct_fields__
-                      if n not in ("rule", "facts") and hasattr(args, n)})
+                      if n not in ("rule", "facts", "history") and hasattr(args, n)})
 
     @property
     def rule_text(self) -> str | None:
@@ -195,6 +220,10 @@ class Turn(Record):
     chunks: list = []
     content: str = ""
     reasoning: str = ""
+    cold: ColdWay | None = None       # how it was made a full prefill (--cold)
+    marker: str | None = None         # the text put at the start of its first message (cold: marker)
+    history: str | None = None        # the answer that entered the history in place of its own (--history)
+    skipped: list[Exchange] = []      # the prompts that entered the history unsent just before it
 
     def __post_init__(self):
         _check_chunks(self.chunks)

@@ -86,8 +86,31 @@ COMPARE = (("model", None, lambda r: (r["run"] or {}).get("model")),
            ("decode end/start", *_summary("decode_ratio_end_to_start")),
            ("largest context", *_summary("max_context_tokens")),
            ("effective context", None, lambda r: (r["memory"] or {}).get("effective_context_tokens")),
+           ("history", None, lambda r: _history_cell(_history_of(r))),
            ("ceiling", None, lambda r: "none" if r["ceiling"] is None else
             f"{r['ceiling']['reason']} at {_n(r['ceiling']['context_tokens'])} (turn {r['ceiling']['turn']})"))
+
+
+def _history_of(report: dict) -> dict | None:
+    return (((report["run"] or {}).get("settings") or {}).get("history"))
+
+
+def _history_cell(source: dict | None) -> str:
+    return f"{source['sha256'][:12]} (run {source['run_id']})" if source else "own answers"
+
+
+def history_sentence(reports: list[dict]) -> str:
+    """Whether the compared runs were sent the same history (lalm-chat --history)."""
+    sources = [_history_of(r) for r in reports]
+    if all(sources) and len({s["sha256"] for s in sources}) == 1:
+        s = sources[0]
+        return (f"shared: {'both' if len(reports) == 2 else 'all'} runs were sent the answers of run "
+                f"{s['run_id']} ({s.get('model') or '?'}, sha256 {s['sha256'][:12]}), the same "
+                "messages at every turn they measured")
+    return "not shared: " + "; ".join(
+        f"run {(r['run'] or {}).get('run_id', '?')} over " + (f"the answers of run {s['run_id']} "
+                                                              f"(sha256 {s['sha256'][:12]})" if s else "its own answers")
+        for r, s in zip(reports, sources))
 
 
 def comparison(reports: list[dict]) -> list[list[str]]:
@@ -336,13 +359,15 @@ def emit(reports: list[dict], fmt: str, stdout, plot_path: str | None = None) ->
         write_csv(reports, stdout)
     elif fmt == "markdown":
         table = comparison(reports)
-        head = ["# Comparison", "", "\n".join(md_table(table[0], table[1:])) + "\n"] if several else []
+        head = ["# Comparison", "", "\n".join(md_table(table[0], table[1:])) + "\n",
+                f"History {history_sentence(reports)}.", ""] if several else []
         if several and plot_path:
             head += [f"![context growth]({plot_path})", ""]
         stdout.write("\n".join(head + [markdown(r, None if several else plot_path) for r in reports]))
     else:
         parts = [text(r) for r in reports]
         if several:
-            parts.append("Comparison\n\n" + "\n".join(text_table(comparison(reports), right=False)) + "\n")
+            parts.append("Comparison\n\n" + "\n".join(text_table(comparison(reports), right=False))
+                         + f"\n\nHistory      {history_sentence(reports)}\n")
         stdout.write("\n".join(parts))
     stdout.flush()

@@ -7,8 +7,8 @@ import json
 import os
 
 from .jsonl import InputError, UsageError, checked_records
-from .reasoning import read_stream
-from .records import STATUS_OK, Prompt, Run, Turn
+from .history import exchanges
+from .records import Prompt, Run, Turn
 
 
 @contextlib.contextmanager
@@ -47,13 +47,13 @@ class PreviousRun:
     def apply(self, prompts: list[Prompt], conversation, progress) -> tuple[list[Prompt], int]:
         """Rebuild the history; return the prompts still to do and the next turn number."""
         for t in self.turns:
-            if t.status == STATUS_OK:
-                # from the chunks, not the stripped `content`: the history is the stream's own text
-                conversation.add(t.prompt.id, t.prompt.text, read_stream(t.chunks))
+            # from the chunks, not the stripped `content`: the history is the stream's own text
+            for ex in exchanges(t, conversation.keep_reasoning):
+                conversation.add_answer(ex.prompt.id, ex.prompt.text, ex.answer)
         # every turn keeps its number, an interrupted one too: numbers stay unique
         first = max((t.turn for t in self.turns), default=0) + 1
         todo = [p for p in prompts if p.id not in conversation.answered]
-        progress.say(f"resuming run {self.run.run_id}: {len(conversation.answered)} turns done, "
+        progress.say(f"resuming run {self.run.run_id}: {len(conversation.answered)} prompts answered, "
                      f"{len(todo)} to go, from turn {first}")
         return todo, first
 

@@ -163,3 +163,31 @@ def test_memory_probes_on_the_real_model(server, api_key):
 
 def json_lines(text):
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+EXAMPLE = os.path.join(ROOT, "docs", "examples", "smollm2.jsonl")
+
+
+def test_a_fixed_history_at_two_depths_warm_and_cold(server, api_key):
+    """The shipped recording's answers as the history, turns 2 and 8 sent: a cold
+    request is a full prefill, a warm one reuses the prefix the first left."""
+    rows = {}
+    for cold in (True, False):
+        turns, rows[cold], _ = pipeline(server, 8, "--history", EXAMPLE, "--at", "2,8", "--max-tokens", "24",
+                                        "--temperature", "0", *(["--cold"] if cold else []))
+        assert [(t["turn"], t["cold"]) for t in turns[1:]] == [(2, "cache_prompt" if cold else None),
+                                                              (8, "cache_prompt" if cold else None)]
+        assert [len(t["skipped"]) for t in turns[1:]] == [1, 5]
+        assert [r["status"] for r in rows[cold]] == ["ok", "ok"]
+        for r in rows[cold]:
+            assert r["context_tokens"] == r["prompt_tokens"] + r["completion_tokens"]
+            assert r["truncated"] is False
+        assert rows[cold][1]["prompt_tokens"] > rows[cold][0]["prompt_tokens"] + 500   # six exchanges deeper
+    assert [r["cached_tokens"] for r in rows[True]] == [0, 0]
+    first, second = rows[False]
+    # turn 8's request starts with all of turn 2's
+    assert second["cached_tokens"] >= first["prompt_tokens"] - 4
+    # the same history either way: the server counted the same prompts
+    assert [r["prompt_tokens"] for r in rows[True]] == [r["prompt_tokens"] for r in rows[False]]
+    print("cold vs warm TTFT at turn 8:", rows[True][1]["ttft_s"], rows[False][1]["ttft_s"],
+          "prefill tok/s:", rows[True][1]["prefill_tps"], rows[False][1]["prefill_tps"])

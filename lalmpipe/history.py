@@ -1,0 +1,133 @@
+"""A fixed history from a recording, and the turns that are sent (lalm-chat
+--history, --at, --every).
+
+With --history, the assistant messages of the conversation are those of an
+earlier recording (any model, any server), matched by prompt id: every model
+measured over it is sent the same messages at every turn. With --at or
+--every only the chosen prompts are sent; the others enter the history from
+the recording without a request. A turn record says what entered the history
+(its `history` and `skipped` fields), so lalm-metrics and --resume rebuild
+what was sent from the recording alone.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from .jsonl import InputError, UsageError, checked_records
+from .reasoning import read_stream
+from .records import STATUS_OK, Exchange, HistorySource, Prompt, Run, Turn
+
+
+def own_answer(turn: Turn, view, keep_reasoning: bool) -> str | None:
+    """The answer a turn put into the history after its prompt: the
+    recording's with --history, else its own stream's when it succeeded."""
+    if turn.history is not None:
+        return turn.history
+    return view.history_text(keep_reasoning) if turn.status == STATUS_OK else None
+
+
+def exchanges(turn: Turn, keep_reasoning: bool) -> list[Exchange]:
+    """What entered the history with a turn record, in order: the prompts
+    skipped before it, then its own prompt and answer (if any entered)."""
+    own = own_answer(turn, read_stream(turn.chunks), keep_reasoning)
+    mine = [] if own is None else [Exchange(turn=turn.turn, prompt=turn.prompt, answer=own)]
+    return list(turn.skipped) + mine
+
+
+def digest(answers: dict[int, tuple[str, str]]) -> str:
+    """The sha256 of a history's prompts and answers, in prompt order: two runs
+    with the same digest were sent the same messages."""
+    items = [[pid, text, answer] for pid, (text, answer) in sorted(answers.items())]
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False, separators=(",", ":"))
+                          .encode("utf-8")).hexdigest()
+
+
+class History:
+    """The answers of a recording, by prompt id, with the prompt each answered."""
+
+    def __init__(self, source: HistorySource, answers: dict[int, tuple[str, str]]):
+        self.source = source
+        self.answers = answers
+
+    def answer(self, prompt_id: int) -> str:
+        return self.answers[prompt_id][1]
+
+    def check(self, prompts: list[Prompt]) -> None:
+        """Refuse, naming the prompt, a recording without an answer to one of
+        the prompts, or whose prompt text differs from the one to be sent."""
+        for p in prompts:
+            if p.id not in self.answers:
+                raise UsageError(f"--history {self.source.path}: no answer to prompt {p.id} "
+                                 f"(the recording answered {self.source.answers} prompts)")
+            if self.answers[p.id][0] != p.text:
+                raise UsageError(f"--history {self.source.path}: prompt {p.id} differs from the "
+                                 "one the recording answered")
+
+
+def load(path: str) -> History:
+    """Read a lalm-chat recording's history: for each prompt id, the last answer
+    that entered its history (a resumed run's redone turn counts once)."""
+    run, answers = None, {}
+    try:
+        fp = open(path, "rb")
+    except OSError as e:
+        raise InputError(f"{path}: {e.strerror}") from None
+    with fp:
+        for item in checked_records(path, fp, consumes={"run", "turn"},
+                                    passes={"prompt", "probe", "metrics", "recall"}):
+            rec = item.record
+            if isinstance(rec, Run):
+                if run is not None and rec.run_id != run.run_id:
+                    raise InputError(f"{item.source}:{item.lineno}: a second run in a --history recording")
+                run = rec
+            elif isinstance(rec, Turn):
+                if run is None:
+                    raise InputError(f"{item.source}:{item.lineno}: a turn before the run record")
+                for ex in exchanges(rec, run.settings.keep_reasoning):
+                    answers[ex.prompt.id] = (ex.prompt.text, ex.answer)
+    if run is None or not answers:
+        raise InputError(f"{path}: no answered turns: --history takes a lalm-chat recording")
+    return History(HistorySource(path=path, run_id=run.run_id, model=run.model, sha256=digest(answers),
+                                 answers=len(answers)), answers)
+
+
+def open_history(path: str | None, used: HistorySource | None, resuming: bool) -> History | None:
+    """The history to send: from --history, or, on --resume, the one the run
+    used, which must not have changed."""
+    if resuming and used is None and path:
+        raise UsageError("--resume: the run was made without --history; resume it without")
+    path = path or (used.path if used else None)
+    if path is None:
+        return None
+    history = load(path)
+    if used is not None and history.source.sha256 != used.sha256:
+        raise UsageError(f"--resume: {path} is not the history the run used "
+                         f"(sha256 {history.source.sha256[:12]}, not {used.sha256[:12]})")
+    return history
+
+
+class Plan:
+    """Which prompts are sent: all of them, or those --at names and every
+    K-th one (--every); after the last one sent, none is used."""
+
+    def __init__(self, prompts: list[Prompt], at: list[int] | None, every: int | None):
+        self.selective = bool(at or every)
+        ids = [p.id for p in prompts]
+        missing = sorted(set(at or ()) - set(ids))
+        if missing:
+            raise UsageError(f"--at: prompt {missing[0]} is not among the prompts read")
+        sent = [pid for i, pid in enumerate(ids, 1)
+                if not self.selective or pid in (at or ()) or (every and i % every == 0)]
+        if self.selective and not sent:
+            raise UsageError(f"--every {every}: fewer than {every} prompts read, none would be sent")
+        self.rank = {pid: k for k, pid in enumerate(sent, 1)}    # the k-th prompt sent
+        self.last = sent[-1] if sent else None
+
+    def sends(self, prompt_id: int) -> bool:
+        return prompt_id in self.rank
+
+    def used(self, prompts: list[Prompt]) -> list[Prompt]:
+        """The prompts up to the last one sent."""
+        end = next((i for i, p in enumerate(prompts) if p.id == self.last), len(prompts) - 1)
+        return prompts[:end + 1]

@@ -1,0 +1,257 @@
+"""A fixed history from a recording (--history), chosen turns (--at, --every),
+full prefills (--cold) and probes at depth, against scripted servers whose
+requests are the truth."""
+import json
+
+import pytest
+
+from conftest import prompts_jsonl, run_main
+from lalmpipe import chat, metrics, report, tokens
+from lalmpipe.history import digest
+from lalmpipe.replay import Script
+from scripted import FACTS, ForkedServer, sse
+
+PROMPTS = [f"Question number {i} about the mix?" for i in range(1, 11)]
+LLAMA_CPP = {"/props": {"default_generation_settings": {"n_ctx": 8192}}}
+
+
+def answer(text):
+    return sse((0.01, json.dumps({"choices": [{"index": 0, "delta": {"content": text}}]})),
+               (0.02, json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})),
+               (0.03, "[DONE]"))
+
+
+def model(name):
+    """A scripted model whose answers name it and the request they answer."""
+    return lambda i, body: answer(f"{name} answers request {i + 1}" + " at length" * (i % 3))
+
+
+def chat_with(srv, *args, prompts=PROMPTS):
+    ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "scripted", "-q", *args],
+                   prompts_jsonl(prompts))
+    return ran, srv.requests
+
+
+@pytest.fixture
+def recording(tmp_path, api_key):
+    """A run of model A over the ten prompts: the history the others are sent."""
+    path = tmp_path / "a.jsonl"
+    with ForkedServer(model("A")) as srv:
+        ran, _ = chat_with(srv, "--output", str(path))
+    assert ran.code == 0, ran.err
+    return path, [t["content"] for t in ran.records if t["kind"] == "turn"]
+
+
+def assistants(request):
+    return [m["content"] for m in request["body"]["messages"] if m["role"] == "assistant"]
+
+
+def test_two_models_over_one_history_are_sent_the_same_requests(recording):
+    path, recorded = recording
+    seen = {}
+    for name in "BC":
+        with ForkedServer(model(name)) as srv:
+            ran, requests = chat_with(srv, "--history", str(path))
+        assert ran.code == 0, ran.err
+        seen[name] = ran, requests
+    (b, b_requests), (c, c_requests) = seen["B"], seen["C"]
+    assert len(b_requests) == len(c_requests) == 10
+    for k, (rb, rc) in enumerate(zip(b_requests, c_requests)):
+        assert json.dumps(rb["body"]) == json.dumps(rc["body"])          # the same bytes
+        assert assistants(rb) == recorded[:k]                         # the recorded answers, in order
+    turns = [t for t in b.records if t["kind"] == "turn"]
+    assert [t["content"] for t in turns] == [f"B answers request {i}" + " at length" * ((i - 1) % 3)
+                                             for i in range(1, 11)]    # its own answers recorded...
+    assert [t["history"] for t in turns] == recorded                  # ...and the history's sent on
+    source = b.records[0]["settings"]["history"]
+    a_run = json.loads(path.read_text().splitlines()[0])
+    answers = {i: (PROMPTS[i - 1], recorded[i - 1]) for i in range(1, 11)}
+    assert source == {"path": str(path), "run_id": a_run["run_id"], "model": "scripted",
+                      "sha256": digest(answers), "answers": 10}
+    assert c.records[0]["settings"]["history"] == source
+
+
+def sent_tokens(request, answer_text):
+    """The client's count of what a request carried, and the answer it added."""
+    return sum(tokens.count(m["content"]) for m in request["body"]["messages"]) + tokens.count(answer_text)
+
+
+def measured(ran):
+    out = run_main(metrics.main, [], ran.out)
+    assert out.code == 0, out.err
+    return [r for r in out.records if r["kind"] == "metrics"], out
+
+
+@pytest.mark.parametrize("choice", [["--at", "5,10"], ["--every", "5"], ["--at", "5-5", "--every", "10"]])
+def test_chosen_turns_send_two_requests_over_the_recorded_history(recording, choice):
+    path, recorded = recording
+    with ForkedServer(model("B")) as srv:
+        ran, requests = chat_with(srv, "--history", str(path), *choice)
+    assert ran.code == 0, ran.err
+    assert [len(r["body"]["messages"]) for r in requests] == [9, 19]
+    assert [assistants(r) for r in requests] == [recorded[:4], recorded[:9]]
+    assert [m["content"] for m in requests[1]["body"]["messages"] if m["role"] == "user"] == PROMPTS
+    turns = [t for t in ran.records if t["kind"] == "turn"]
+    assert [(t["turn"], t["prompt"]["id"]) for t in turns] == [(5, 5), (10, 10)]
+    assert [[(s["turn"], s["prompt"]["id"], s["answer"]) for s in t["skipped"]] for t in turns] == [
+        [(i, i, recorded[i - 1]) for i in range(1, 5)], [(i, i, recorded[i - 1]) for i in range(6, 10)]]
+    rows, _ = measured(ran)
+    # the client's count follows what was sent: the recorded answers, the skipped prompts included
+    assert [r["conversation_tokens"] for r in rows] == [
+        sent_tokens(requests[0], recorded[4]), sent_tokens(requests[1], recorded[9])]
+
+
+def test_a_recording_made_over_a_history_is_a_history_of_the_same_answers(recording, tmp_path):
+    path, recorded = recording
+    again = tmp_path / "b.jsonl"
+    with ForkedServer(model("B")) as srv:
+        assert chat_with(srv, "--history", str(path), "--at", "3,10", "--output", str(again))[0].code == 0
+    with ForkedServer(model("C")) as srv:
+        ran, requests = chat_with(srv, "--history", str(again), "--at", "7")
+    assert ran.code == 0, ran.err
+    assert assistants(requests[0]) == recorded[:6]
+    first = json.loads(path.read_text().splitlines()[0])["run_id"]
+    assert ran.records[0]["settings"]["history"]["sha256"] == digest(
+        {i: (PROMPTS[i - 1], recorded[i - 1]) for i in range(1, 11)})
+    assert ran.records[0]["settings"]["history"]["run_id"] != first     # the recording it was read from
+
+
+@pytest.mark.parametrize("routes, way", [(LLAMA_CPP, "cache_prompt"), ({}, "marker")])
+def test_cold_makes_every_request_a_full_prefill(recording, routes, way):
+    path, recorded = recording
+    with ForkedServer(model("B"), routes=routes) as srv:
+        ran, requests = chat_with(srv, "--history", str(path), "--at", "2,4", "--cold")
+    assert ran.code == 0, ran.err
+    run, turns = ran.records[0], [t for t in ran.records if t["kind"] == "turn"]
+    assert run["settings"]["cold"] is True
+    assert [t["cold"] for t in turns] == [way, way]
+    for r, t in zip(requests, turns):
+        first = r["body"]["messages"][0]["content"]
+        if way == "cache_prompt":
+            assert r["body"]["cache_prompt"] is False and t["marker"] is None
+            assert first == PROMPTS[0]
+        else:
+            assert "cache_prompt" not in r["body"]
+            assert t["marker"] == f"[{run['run_id']}/{t['turn']}]\n"
+            assert first == t["marker"] + PROMPTS[0]           # at the very start, and only there
+            assert assistants(r) == recorded[:t["turn"] - 1]
+    rows, _ = measured(ran)
+    assert [r["conversation_tokens"] for r in rows] == [
+        sent_tokens(requests[0], recorded[1]), sent_tokens(requests[1], recorded[3])]
+
+
+def test_warm_requests_carry_neither(recording):
+    path, _ = recording
+    with ForkedServer(model("B"), routes=LLAMA_CPP) as srv:
+        ran, requests = chat_with(srv, "--history", str(path), "--at", "2,4")
+    assert ran.code == 0
+    assert all("cache_prompt" not in r["body"] for r in requests)
+    assert all(t["cold"] is None and t["marker"] is None for t in ran.records if t["kind"] == "turn")
+
+
+@pytest.mark.parametrize("flags", [["--at", "5,10"], ["--every", "5"]])
+def test_chosen_turns_without_a_history_are_refused_before_any_input(flags, api_key):
+    ran = run_main(chat.main, ["--base-url", "http://127.0.0.1:9/v1", *flags], "not json at all\n")
+    assert ran.code == 2 and ran.out == ""
+    assert ran.err == ("lalm-chat: error: --at and --every need --history RECORDING: the answers "
+                       "of the turns not sent would not exist\n")
+
+
+def test_a_history_without_an_answer_or_with_another_prompt_is_refused(recording, tmp_path):
+    path, _ = recording
+    lines = path.read_text().splitlines()
+    short = tmp_path / "short.jsonl"
+    short.write_text("\n".join(lines[:8]) + "\n")                   # the run and turns 1-7
+    changed = list(PROMPTS)
+    changed[5] = "Question number 6, said another way?"
+    with ForkedServer(model("B")) as srv:
+        lacks, _ = chat_with(srv, "--history", str(short), "--at", "9")
+        differs, _ = chat_with(srv, "--history", str(path), "--at", "9", prompts=changed)
+        absent, _ = chat_with(srv, "--history", str(path), "--at", "3,12")
+        assert srv.requests == []                                    # refused before any request
+    assert lacks.code == differs.code == absent.code == 2
+    assert lacks.err == (f"lalm-chat: error: --history {short}: no answer to prompt 8 "
+                         "(the recording answered 7 prompts)\n")
+    assert differs.err == (f"lalm-chat: error: --history {path}: prompt 6 differs from the one "
+                           "the recording answered\n")
+    assert absent.err == "lalm-chat: error: --at: prompt 12 is not among the prompts read\n"
+
+
+def test_probes_at_depth_ask_every_fact_stated_so_far_against_the_fixed_history(recording, tmp_path):
+    path, recorded = recording
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps(FACTS))
+    with ForkedServer(model("B")) as srv:
+        ran, requests = chat_with(srv, "--history", str(path), "--at", "3,6", "--probe-every", "1",
+                                  "--facts", str(facts))
+    assert ran.code == 0, ran.err
+    kinds = [(r["kind"], r.get("turn") or r.get("after_turn")) for r in ran.records[1:]]
+    # tempo (stated in 1) and bins (stated in 2) after each turn; "later" (9) never
+    assert kinds == [("turn", 3), ("probe", 3), ("probe", 3), ("turn", 6), ("probe", 6), ("probe", 6)]
+    assert len(requests) == 6
+    questions = [f["question"] for f in FACTS["facts"][:2]]
+    for probe, after in ((requests[1], 3), (requests[2], 3), (requests[4], 6), (requests[5], 6)):
+        assert assistants(probe) == recorded[:after]                 # the fixed history
+        assert probe["body"]["messages"][-1]["content"] in questions
+    users = [m["content"] for m in requests[3]["body"]["messages"] if m["role"] == "user"]
+    assert not set(users) & set(questions)                           # no probe entered the history
+    assert assistants(requests[3]) == recorded[:5]
+    rows, out = measured(ran)
+    recalls = [r for r in out.records if r["kind"] == "recall"]
+    assert [(r["fact_id"], r["stated_turn"], r["turns_since_stated"]) for r in recalls] == [
+        ("tempo", 1, 2), ("bins", 2, 1), ("tempo", 1, 5), ("bins", 2, 4)]
+    # where a fact lies follows the recorded answers, those of the turns not sent too
+    exchange = [tokens.count(p) + tokens.count(a) for p, a in zip(PROMPTS, recorded)]
+    rule = tokens.count(FACTS["rule"]["text"])
+    assert [r["tokens_since_stated"] for r in recalls] == [
+        sum(exchange[:3]), sum(exchange[1:3]), sum(exchange[:6]), sum(exchange[1:6])]
+    assert recalls[3]["depth"] == round((rule + exchange[0]) / (rule + sum(exchange[:6])), 4)
+
+
+def test_every_k_th_turn_sent_is_probed(recording, tmp_path):
+    path, _ = recording
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps(FACTS))
+    with ForkedServer(model("B")) as srv:
+        ran, _ = chat_with(srv, "--history", str(path), "--at", "2,4,6,8", "--probe-every", "2",
+                           "--facts", str(facts))
+    assert sorted({r["after_turn"] for r in ran.records if r["kind"] == "probe"}) == [4, 8]
+
+
+def test_a_turn_that_stops_the_run_is_sent_again_on_resume_over_the_same_history(recording, tmp_path):
+    path, recorded = recording
+    out = tmp_path / "depth.jsonl"
+    scripts = {1: Script(status=500, body=b'{"error":"boom"}', headers={"Content-Type": "application/json"})}
+    with ForkedServer(lambda i, body: scripts.get(i) or model("B")(i, body)) as srv:
+        first, _ = chat_with(srv, "--history", str(path), "--at", "5,10", "--retries", "0",
+                             "--output", str(out))
+        resumed, requests = chat_with(srv, "--history", str(path), "--at", "5,10", "--output", str(out),
+                                      "--resume")
+    assert first.code == resumed.code == 0, resumed.err
+    assert json.dumps(requests[2]["body"]) == json.dumps(requests[1]["body"])   # the same request again
+    assert assistants(requests[2]) == recorded[:9]
+    turns = [t for t in resumed.records if t["kind"] == "turn"]
+    assert [(t["turn"], t["prompt"]["id"], t["status"], len(t["skipped"])) for t in turns] == [
+        (5, 5, "ok", 4), (10, 10, "error", 4), (11, 10, "ok", 0)]
+    assert turns[1]["history"] is None and turns[2]["history"] == recorded[9]
+    rows, _ = measured(resumed)
+    assert rows[2]["conversation_tokens"] == sent_tokens(requests[2], recorded[9])
+
+
+def test_the_comparison_says_whether_runs_shared_a_history(recording, tmp_path):
+    path, _ = recording
+    outs = []
+    for name, args in (("B", ["--history", str(path)]), ("C", ["--history", str(path)]), ("D", [])):
+        with ForkedServer(model(name)) as srv:
+            ran, _ = chat_with(srv, *args, prompts=PROMPTS[:3])
+        outs.append(measured(ran)[1].out)
+    runs = [json.loads(o.splitlines()[0]) for o in outs]
+    source = runs[0]["settings"]["history"]
+    shared = run_main(report.main, [], outs[0] + outs[1]).out
+    assert (f"History      shared: both runs were sent the answers of run {source['run_id']} (scripted, "
+            f"sha256 {source['sha256'][:12]}), the same messages at every turn they measured\n") in shared
+    assert shared.count(f"history             {source['sha256'][:12]} (run {source['run_id']})") == 1
+    mixed = run_main(report.main, ["--format", "markdown"], outs[0] + outs[2]).out
+    assert (f"History not shared: run {runs[0]['run_id']} over the answers of run {source['run_id']} "
+            f"(sha256 {source['sha256'][:12]}); run {runs[2]['run_id']} over its own answers.") in mixed
+    assert "| history | " in mixed and " own answers |" in mixed
