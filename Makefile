@@ -14,8 +14,11 @@ ROUNDS     ?= 231
 MAX_TOKENS ?= 32768
 CHAT_ARGS  ?=
 LOGS       ?= logs
+# make depth: over a fixed history, only the turns AT (prompt ids) sent
+HISTORY    ?=
+AT         ?=
 
-.PHONY: install server-bin server server-stop demo bench report browser test perf clean
+.PHONY: install server-bin server server-stop demo bench depth report browser test perf clean
 
 install: $(STAMP)
 
@@ -59,6 +62,17 @@ bench: install
 	  $(BIN)/lalm-report --format json $(REPORT_ARGS) $$all > $(LOGS)/lalm_benchmark_compare_$$ts.json; \
 	  $(BIN)/lalm-report --format html $(REPORT_ARGS) $$texts $$all > $(LOGS)/lalm_benchmark_compare_$$ts.html; \
 	fi
+
+depth: install
+	@test -n "$(HISTORY)" -a -n "$(AT)" || { echo "usage: make depth HISTORY=recording.jsonl AT=10,20,40 [MODEL=m BASE_URL=url CHAT_ARGS='--cold --probe-every 1']" >&2; exit 2; }
+	@mkdir -p $(LOGS); set -e; \
+	name=$(LOGS)/lalm_depth_run_$$(date -u +%Y%m%dT%H%M%SZ)$$(echo "$(if $(MODEL),_$(MODEL))" | tr '/: ' '___'); \
+	$(BIN)/lalm-prompts \
+	| $(BIN)/lalm-chat $(if $(BASE_URL),--base-url $(BASE_URL)) $(if $(MODEL),--model $(MODEL)) \
+	    --history $(HISTORY) --at $(AT) --max-tokens $(MAX_TOKENS) --output $$name.jsonl $(CHAT_ARGS) \
+	| $(BIN)/lalm-metrics > $$name.metrics.jsonl; \
+	$(BIN)/lalm-report $(REPORT_ARGS) $$name.metrics.jsonl; \
+	echo "recording $$name.jsonl, metrics $$name.metrics.jsonl" >&2
 
 report: install
 	@test -n "$(RUN)" || { echo "usage: make report RUN=logs/lalm_benchmark_run_<timestamp>.jsonl" >&2; exit 2; }

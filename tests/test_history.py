@@ -255,3 +255,24 @@ def test_the_comparison_says_whether_runs_shared_a_history(recording, tmp_path):
     assert (f"History not shared: run {runs[0]['run_id']} over the answers of run {source['run_id']} "
             f"(sha256 {source['sha256'][:12]}); run {runs[2]['run_id']} over its own answers.") in mixed
     assert "| history | " in mixed and " own answers |" in mixed
+
+
+def test_resume_refuses_another_history_or_one_the_run_did_not_have(recording, tmp_path):
+    path, _ = recording
+    other = tmp_path / "other.jsonl"
+    with ForkedServer(model("Z")) as srv:
+        assert chat_with(srv, "--output", str(other))[0].code == 0
+    fixed, own = tmp_path / "fixed.jsonl", tmp_path / "own.jsonl"
+    stop = Script(status=400, body=b'{"error":{"message":"bad request"}}', headers={"Content-Type": "application/json"})
+    with ForkedServer(lambda i, body: stop if i == 1 else model("B")(i, body)) as srv:
+        assert chat_with(srv, "--history", str(path), "--at", "5,10", "--output", str(fixed))[0].code == 0
+        assert chat_with(srv, "--output", str(own), "--num-rounds", "3")[0].code == 0
+        n = len(srv.requests)
+        swapped, _ = chat_with(srv, "--history", str(other), "--at", "5,10", "--output", str(fixed), "--resume")
+        added, _ = chat_with(srv, "--history", str(path), "--output", str(own), "--resume")
+        assert len(srv.requests) == n                                # refused before any request
+    used = json.loads(fixed.read_text().splitlines()[0])["settings"]["history"]["sha256"]
+    assert swapped.code == added.code == 2
+    assert swapped.err.startswith(f"lalm-chat: error: --resume: {other} is not the history the run used "
+                                  "(sha256 ") and swapped.err.endswith(f", not {used[:12]})\n")
+    assert added.err == "lalm-chat: error: --resume: the run was made without --history; resume it without\n"
