@@ -104,9 +104,13 @@ def history_sentence(reports: list[dict]) -> str:
     sources = [_history_of(r) for r in reports]
     if all(sources) and len({s["sha256"] for s in sources}) == 1:
         s = sources[0]
+        # the system message and the standing rule are in every request too
+        framed = {json.dumps([st.get("system"), (st.get("rule") or {}).get("text")])
+                  for st in (((r["run"] or {}).get("settings") or {}) for r in reports)}
         return (f"shared: {'both' if len(reports) == 2 else 'all'} runs were sent the answers of run "
-                f"{s['run_id']} ({s.get('model') or '?'}, sha256 {s['sha256'][:12]}), the same "
-                "messages at every turn they measured")
+                f"{s['run_id']} ({s.get('model') or '?'}, sha256 {s['sha256'][:12]}), "
+                + ("the same messages at every turn they measured" if len(framed) == 1 else
+                   "but not the same messages: their system message or standing rule (--probe-every) differ"))
     return "not shared: " + "; ".join(
         f"run {(r['run'] or {}).get('run_id', '?')} over " + (f"the answers of run {s['run_id']} "
                                                               f"(sha256 {s['sha256'][:12]})" if s else "its own answers")

@@ -241,7 +241,8 @@ def test_a_turn_that_stops_the_run_is_sent_again_on_resume_over_the_same_history
 def test_the_comparison_says_whether_runs_shared_a_history(recording, tmp_path):
     path, _ = recording
     outs = []
-    for name, args in (("B", ["--history", str(path)]), ("C", ["--history", str(path)]), ("D", [])):
+    for name, args in (("B", ["--history", str(path)]), ("C", ["--history", str(path)]), ("D", []),
+                       ("E", ["--history", str(path), "--system", "Be brief."])):
         with ForkedServer(model(name)) as srv:
             ran, _ = chat_with(srv, *args, prompts=PROMPTS[:3])
         outs.append(measured(ran)[1].out)
@@ -255,6 +256,10 @@ def test_the_comparison_says_whether_runs_shared_a_history(recording, tmp_path):
     assert (f"History not shared: run {runs[0]['run_id']} over the answers of run {source['run_id']} "
             f"(sha256 {source['sha256'][:12]}); run {runs[2]['run_id']} over its own answers.") in mixed
     assert "| history | " in mixed and " own answers |" in mixed
+    framed = run_main(report.main, [], outs[0] + outs[3]).out
+    assert "History      shared: both runs were sent the answers of run" in framed
+    assert framed.endswith("but not the same messages: their system message or standing rule "
+                           "(--probe-every) differ\n")
 
 
 def test_resume_refuses_another_history_or_one_the_run_did_not_have(recording, tmp_path):
