@@ -158,7 +158,8 @@ def test_silent_truncation_is_flagged_and_is_the_ceiling(api_key):
     assert [r["truncated"] for r in rows] == [False, False, True, True]
     doc = json.loads(run_main(report.main, ["--format", "json"], out).out)
     assert doc["ceiling"] == {"turn": 3, "context_tokens": 380, "reason": "truncation",
-                              "last_ok_context_tokens": 360, "over_window_tokens": None}
+                              "last_ok_context_tokens": 360, "over_window_tokens": None,
+                              "overflow_tokens": None}
     text = run_main(report.main, [], out).out
     assert "Ceiling at turn 3: the server silently truncated the conversation at about 380" in text
 
@@ -174,8 +175,10 @@ def test_ollamas_cached_prompt_counts_are_not_truncation(api_key):
     assert [r["truncated"] for r in rows] == [False, False, False, False]
     assert [r["prompt_tokens_source"] for r in rows] == ["server", "server-uncached", "server-uncached",
                                                          "server-uncached"]
-    assert [r["context_tokens"] for r in rows] == [180, None, None, None]
     est = [r["context_tokens_est"] for r in rows]
+    # a partial count is no context size: the client's count stands in, marked as such
+    assert [(r["context_tokens"], r["context_tokens_source"]) for r in rows] == [
+        (180, "server"), (est[1], "estimate"), (est[2], "estimate"), (est[3], "estimate")]
     assert est == sorted(est) and est[0] > 80
     doc = json.loads(run_main(report.main, ["--format", "json"], out).out)
     assert doc["ceiling"] is None
@@ -240,3 +243,39 @@ def test_lalm_chat_passes_other_records_through(api_key):
         ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q"],
                        note + "\n" + prompts_jsonl(["a"]))
     assert [r["kind"] for r in ran.records] == ["run", "note", "turn"]
+
+
+VLLM_OVERFLOW = ('{"object":"error","message":"This model\'s maximum context length is 512 tokens. However, your '
+                 'request has at least 513 input tokens. Please reduce the length of the input messages.",'
+                 '"type":"BadRequestError","param":null,"code":400}')
+LLAMA_CPP_OVERFLOW = ('{"error":{"code":400,"message":"request (909 tokens) exceeds the available context size '
+                      '(512 tokens), try increasing it","type":"exceed_context_size_error",'
+                      '"n_prompt_tokens":909,"n_ctx":512}}')
+# where each tells its window before the run
+WINDOW_ROUTES = {"vllm": {path: {"data": [{"id": "m", "max_model_len": 512}]} for path in ("/v1/models", "/models")},
+                 "llama.cpp": {"/props": {"default_generation_settings": {"n_ctx": 512}}}}
+
+
+@pytest.mark.parametrize("usage", [True, False])
+@pytest.mark.parametrize("window_known", [True, False])
+@pytest.mark.parametrize("server, body, counted", [("vllm", VLLM_OVERFLOW, 513),
+                                                   ("llama.cpp", LLAMA_CPP_OVERFLOW, 909)])
+def test_an_overflow_is_over_the_window_by_the_servers_own_count(api_key, server, body, counted,
+                                                                 window_known, usage):
+    first = ok(" ".join(["word"] * 80), 400, 80) if usage else ok(" ".join(["word"] * 80))
+    ran, turns, _ = converse([first, error_body(400, body)], 3,
+                             routes=WINDOW_ROUTES[server] if window_known else None)
+    assert ran.records[0]["server"]["context_window"] == (512 if window_known else None)
+    rows, out = measured(ran)
+    assert rows[1]["error_kind"] == "context_overflow" and rows[1]["overflow_tokens"] == counted
+    doc = json.loads(run_main(report.main, ["--format", "json"], out).out)
+    last_ok = 480 if usage else rows[0]["context_tokens_est"]
+    assert doc["ceiling"] == {"turn": 2, "context_tokens": doc["ceiling"]["context_tokens"],
+                              "reason": "context_overflow", "last_ok_context_tokens": last_ok,
+                              "over_window_tokens": 512 if window_known else None, "overflow_tokens": counted}
+    text = run_main(report.main, [], out).out
+    sentence = next(line for line in text.splitlines() if line.startswith("Ceiling"))[13:]
+    where = f"the server counted {counted} tokens" + (", over the 512-token window" if window_known else "")
+    assert sentence == (f"Ceiling at turn 2: the request overflowed the context window: {where}; the last good "
+                        f"turn held {last_ok} tokens" + ("." if usage else " (client estimates)."))
+
