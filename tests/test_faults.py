@@ -279,3 +279,35 @@ def test_an_overflow_is_over_the_window_by_the_servers_own_count(api_key, server
     assert sentence == (f"Ceiling at turn 2: the request overflowed the context window: {where}; the last good "
                         f"turn held {last_ok} tokens" + ("." if usage else " (client estimates)."))
 
+
+PING = b": ping - 2026-11-29 19:00:00.000000+00:00\r\n\r\n"
+
+
+@pytest.mark.parametrize("limit, message", [(("--stall-timeout", "0.5"), "no data event for 0.5 s"),
+                                            (("--timeout", "0.5"), "turn took longer than --timeout 0.5 s")])
+def test_keep_alive_comments_do_not_hide_a_stall(api_key, limit, message):
+    # llama-cpp-python's pings go on while no data comes: the stall clock runs from the last data event
+    stalled = stream("plain", n_content=30, ttft_s=0.02, rate_tps=500)[0]
+    stalled.events = (stalled.events[:4] + [(0.1 + 0.2 * k, PING) for k in range(30)]
+                      + [(6.2, e) for _, e in stalled.events[4:]])
+    import openai  # noqa: F401 - loaded before the clock starts: its first import takes seconds on a busy machine
+    t0 = time.monotonic()
+    ran, turns, _ = converse([stalled], 2, *limit)
+    elapsed = time.monotonic() - t0
+    assert 0.5 < elapsed < 3.0, elapsed
+    assert turns[0]["status"] == "error" and turns[0]["error"]["kind"] == "timeout"
+    assert turns[0]["error"]["message"] == message
+    assert len(turns[0]["chunks"]) == 4 and len(turns) == 1
+
+
+def test_keep_alive_comments_are_neither_tokens_nor_chunks(api_key):
+    from scripted import llama_cpp_python
+    pings = (0.05, 0.1, 0.15, 0.2, 0.25, 0.31, 0.45, 0.61)
+    answer = llama_cpp_python(n_content=20, ttft_s=0.3, rate_tps=50, pings=pings)
+    ran, turns, _ = converse([answer], 1, "--stall-timeout", "1")
+    rows, _ = measured(ran)
+    assert turns[0]["status"] == "ok" and turns[0]["content"] == ("cat " * 20).strip()
+    # the role chunk, 20 tokens, the finish and [DONE]: no ping among them
+    assert len(turns[0]["chunks"]) == 23 and not any("ping" in c[1] for c in turns[0]["chunks"])
+    assert rows[0]["ttft_s"] == pytest.approx(0.3, abs=0.03)
+    assert rows[0]["completion_tokens"] == 20 and rows[0]["decode_tps"] == pytest.approx(50, rel=0.1)
