@@ -142,7 +142,8 @@ def ceiling_sentence(report: dict) -> str:
         failed = s["turns"] - s["ok"]
         return (f"No ceiling found in {s['turns']} turns"
                 + (f" ({failed} failed for reasons other than the context)" if failed else "")
-                + f"; the largest context was {_n(s['max_context_tokens'])} tokens.")
+                + f"; the largest context was {_approx(_n(s['max_context_tokens']), s['context_source'] != 'server')} "
+                "tokens.")
     row = next((r for r in report["turns"] if r["turn"] == c["turn"]), {})
     cut = row.get("finish_reason") == "length"
     what = {"truncation": "the server silently truncated the conversation",
