@@ -111,9 +111,9 @@ engines: server-bin
 test-engines: engines
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(ENGINE_TESTS)
 
-# refresh tests/fixtures/engines/ENGINE.jsonl: a short recorded run from each engine
+# refresh tests/fixtures/engines/ENGINE.jsonl: each engine's live run, kept (replayed by make test)
 record-engines: engines
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(ENGINE_TESTS) -k record --record
+	LALM_RECORD=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(ENGINE_TESTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
