@@ -143,8 +143,8 @@ ENGINES = {e.name: e for e in (
            remove=("torchvision", "torchaudio", "torchcodec"),
            env=(("VLLM_CPU_KVCACHE_SPACE", "1"), ("VLLM_CPU_OMP_THREADS_BIND", "auto"),
                 ("VLLM_NO_USAGE_STATS", "1"), *OFFLINE)),
-    Engine("llama-cpp-python", "llama-cpp-python", "llama-cpp-python 0.3.36's server", ("llama-cpp-python[server]==0.3.36",),
-           "gguf", "/v1/models", "built from source once, about 8.5 minutes on 2 cores, 183 MB", 1,
+    Engine("llama-cpp-python", "llama-cpp-python", "llama-cpp-python 0.3.36's server",
+           ("llama-cpp-python[server]==0.3.36",), "gguf", "/v1/models", "built from source once, about 8.5 minutes on 2 cores, 183 MB", 1,
            build_env=(("CMAKE_BUILD_PARALLEL_LEVEL", "2"),)),
     Engine("transformers", "transformers serve", "transformers 5.24.0 serve (torch CPU)",
            # torch==2.13.0: the CPU build on this machine's disk; any other is a CUDA download of GBs
@@ -321,10 +321,12 @@ def convert(model: Model) -> None:
     converter = ENGINES[CONVERTER]
     install(converter)
     say(f"converting {model.title} into a Hugging Face folder (once; about 45 s)")
+    t = time.monotonic()
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hfmodel.py")
     shutil.rmtree(hf_folder(model) + ".part", ignore_errors=True)
     _run_all([[converter.python(), script, model.path, hf_folder(model)]],
              os.path.join(CACHE, "convert.log"), dict(os.environ, **dict(converter.env)))
+    say(f"converted it in {time.monotonic() - t:.0f} s: {hf_folder(model)}")
 
 
 def free_port() -> int:
@@ -359,11 +361,14 @@ class LocalServer:
             # its own process group: vLLM's workers are stopped with it
             self.proc = subprocess.Popen(self.cmd, stdout=fp, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True, env=dict(os.environ, **dict(self.engine.env)))
+        t = time.monotonic()
         try:
             self._wait_ready(max(60.0, 8 * self.engine.ready_s))
         except BaseException:   # Ctrl-C while it loads included: never leave it running
             self.stop()
             raise
+        if self.engine.ready_s >= 5:
+            say(f"{self.engine.program} ready in {time.monotonic() - t:.0f} s")
         return self
 
     def _wait_ready(self, timeout_s: float) -> None:

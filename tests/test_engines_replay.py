@@ -9,12 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
-from conftest import ROOT, run_main
+from conftest import ROOT, prompts_jsonl, run_main
 from lalmpipe import chat, metrics, report
 from lalmpipe.localserver import free_port
+from lalmpipe.replay import ReplayServer, Script
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "engines")
 ENGINES = ["llama.cpp", "vllm", "llama-cpp-python", "transformers"]
@@ -150,3 +152,30 @@ def test_an_overflow_of_a_known_window_is_over_that_window(name):
     assert recorded.run["server"]["context_window"] == WINDOW_TOKENS
     assert recorded.rows[-1]["overflow_tokens"] > WINDOW_TOKENS
     assert "over the 1,024-token window" in recorded.text
+
+
+def test_ping_comments_during_a_long_prefill_are_not_events(api_key):
+    """llama-cpp-python's answer to a long prompt, line by line as it came
+    (tests/fixtures/engines/llama-cpp-python-ping.json), served again at its times."""
+    with open(os.path.join(FIXTURES, "llama-cpp-python-ping.json")) as fp:
+        lines = json.load(fp)["lines"]
+    pings = [t for t, line in lines if line.startswith(": ping")]
+    data = [(t, line) for t, line in lines if line.startswith("data: ")]
+    assert pings and pings[0] < data[0][0]
+    server = ReplayServer(lambda i, body: Script(events=[(t, line.encode()) for t, line in lines]),
+                          model="smollm2-135m", speed=SPEED)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        c = run_main(chat.main, ["--base-url", server.base_url, "-q", "--max-tokens", "8"],
+                     prompts_jsonl(["A long document, then a question."]))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert c.code == 0, c.err
+    turn = [r for r in c.records if r["kind"] == "turn"][0]
+    row, = [r for r in run_main(metrics.main, [], c.out).records if r["kind"] == "metrics"]
+    assert turn["status"] == "ok" and [c[1] for c in turn["chunks"]] == [line[6:].rstrip("\r\n") for _, line in data]
+    first_token_s = next(t for t, line in data if line[6:].strip() != "[DONE]"
+                         and any(ch["delta"].get("content") for ch in json.loads(line[6:])["choices"]))
+    # the first token: not a comment, nor the role chunk just before it
+    assert row["ttft_s"] == pytest.approx(first_token_s / SPEED, abs=0.05)

@@ -7,9 +7,11 @@ LALM_RECORD=1 (make record-engines) keeps each run as
 tests/fixtures/engines/ENGINE.jsonl, the recording the fast suite replays.
 """
 import contextlib
+import http.client
 import json
 import os
 import shutil
+import time
 
 from conftest import ROOT, run_main
 from lalmpipe import chat, metrics, prompts, report, tokens
@@ -38,6 +40,27 @@ def long_prompt(min_tokens: int) -> str:
     return "\n\n".join(parts)
 
 
+def recording() -> bool:
+    """Whether this run keeps what it records as the fast suite's fixture (make record-engines)."""
+    return bool(os.environ.get("LALM_RECORD"))
+
+
+def raw_stream(srv, text: str, max_tokens: int) -> list:
+    """Stream one chat answer and keep each line as the server sent it, with its
+    time from the request: [[t_s, line], ...] (comments included, which a
+    lalm-chat recording leaves out)."""
+    body = {"model": srv.served_name, "messages": [{"role": "user", "content": text}], "stream": True,
+            "max_tokens": max_tokens, "temperature": 0}
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=600)
+    t0 = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200, r.read()
+    lines = [[round(time.perf_counter() - t0, 6), line.decode()] for line in iter(r.readline, b"")]
+    conn.close()
+    return lines
+
+
 def recorded_run(srv, name: str, tmp_path) -> "Run":
     """Four turns and the long one, recorded (lalm-chat --output) and measured."""
     first = run_main(prompts.main, ["--num-rounds", "4"]).out
@@ -48,7 +71,7 @@ def recorded_run(srv, name: str, tmp_path) -> "Run":
                              "--temperature", "0", "--output", str(output)],
                  first + json.dumps(long) + "\n")
     assert c.code == 0, c.err
-    if os.environ.get("LALM_RECORD"):
+    if recording():
         os.makedirs(FIXTURES, exist_ok=True)
         shutil.copyfile(output, os.path.join(FIXTURES, f"{name}.jsonl"))
     return Run(c.out)

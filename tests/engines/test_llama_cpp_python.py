@@ -1,9 +1,13 @@
 """llama-cpp-python's server: no usage at all (include_usage ignored), no
 window told anywhere, and an overflowing streamed request answered with HTTP
-200 and an empty body."""
+200 and an empty body; `: ping` comments every 15 s while a long prompt
+is read."""
+import json
+import os
+
 import pytest
 
-from live import engine, events, recorded_run, usage
+from live import FIXTURES, engine, events, long_prompt, raw_stream, recorded_run, recording, usage
 
 
 @pytest.fixture(scope="module")
@@ -34,3 +38,30 @@ def test_the_long_turn_gets_an_empty_answer_the_ceiling(run):
     assert (turn["http_status"], turn["chunks"]) == (200, [])
     assert (last["status"], last["error_kind"]) == ("error", "empty")
     assert run.report["ceiling"]["turn"] == 5 and run.report["ceiling"]["reason"] == "empty"
+
+
+PING_EVERY_S = 15
+PING_WINDOW_TOKENS = 4096
+PING_PROMPT_TOKENS = 2500   # a prefill of tens of seconds here on 2 cores
+
+
+@pytest.fixture(scope="module")
+def long_prefill():
+    with engine("llama-cpp-python", ctx=PING_WINDOW_TOKENS) as srv:
+        lines = raw_stream(srv, long_prompt(PING_PROMPT_TOKENS), max_tokens=8)
+    if recording():
+        # the fast suite serves these lines again, at their times, to lalm-chat
+        assert any(line.startswith(": ping") for _, line in lines), "the prefill was too short to show a ping"
+        with open(os.path.join(FIXTURES, "llama-cpp-python-ping.json"), "w") as fp:
+            json.dump({"engine": "llama-cpp-python", "window_tokens": PING_WINDOW_TOKENS, "lines": lines}, fp,
+                      indent=0)
+    return lines
+
+
+def test_a_long_prefill_is_kept_alive_with_ping_comments(long_prefill):
+    pings = [t for t, line in long_prefill if line.startswith(": ping - ")]
+    first_data = next(t for t, line in long_prefill if line.startswith("data: "))
+    # one comment every 15 s from the start of the answer, the first data event after them
+    assert abs(sum(t < first_data for t in pings) - first_data / PING_EVERY_S) < 1
+    assert all(abs(b - a - PING_EVERY_S) < 1 for a, b in zip(pings, pings[1:]))
+    assert long_prefill[-2][1] == "data: [DONE]\r\n" or long_prefill[-2][1].startswith("data: [DONE]")
