@@ -23,6 +23,8 @@ ENGINE     ?=
 CTX        ?=
 ENGINE_ARGS = $(if $(ENGINE),--engine $(ENGINE)) $(if $(MODEL),--model $(MODEL)) $(if $(CTX),--ctx $(CTX))
 ENGINE_TESTS = tests/engines
+# another engine installs itself and fetches its own model on start: no llama-server build for it
+ENGINE_PREREQ = $(if $(filter-out llama.cpp,$(ENGINE)),install,server-bin)
 
 .PHONY: install server-bin server server-stop demo bench depth report browser test perf clean \
         engines test-engines record-engines
@@ -37,8 +39,7 @@ $(STAMP): pyproject.toml
 server-bin: install
 	$(BIN)/python -m lalmpipe.localserver fetch
 
-# llama.cpp's binary and the models; with ENGINE, that engine installed too (once each)
-server: server-bin
+server: $(ENGINE_PREREQ)
 	@$(BIN)/python -m lalmpipe.localserver start $(ENGINE_ARGS)
 
 server-stop:
@@ -46,7 +47,7 @@ server-stop:
 
 # enough turns for the recall of the planted facts to fall: a few minutes on 2 cores;
 # on another engine (SmolLM2, slower engines) 8 turns: it shows the engine, not the model's memory
-demo: server-bin
+demo: $(ENGINE_PREREQ)
 ifeq ($(filter-out llama.cpp,$(ENGINE)),)
 	@$(BIN)/python -m lalmpipe.localserver run $(ENGINE_ARGS) -- \
 	  $(MAKE) --no-print-directory bench ROUNDS=40 MAX_TOKENS=64 \
