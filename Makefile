@@ -1,5 +1,6 @@
 # lalmpipe: make demo (a short benchmark against a real local server), make test.
 # make server / make demo MODEL=qwen2.5-coder-0.5b|smollm2-135m (default: the first)
+# make server / make demo ENGINE=vllm|llama-cpp-python|transformers|llama.cpp [CTX=N] (default: llama.cpp)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -17,8 +18,16 @@ LOGS       ?= logs
 # make depth: over a fixed history, only the turns AT (prompt ids) sent
 HISTORY    ?=
 AT         ?=
+# the engine make server / make demo start (empty: llama.cpp), and its window (empty: the model's)
+ENGINE     ?=
+CTX        ?=
+ENGINE_ARGS = $(if $(ENGINE),--engine $(ENGINE)) $(if $(MODEL),--model $(MODEL)) $(if $(CTX),--ctx $(CTX))
+ENGINE_TESTS = tests/engines
+# another engine installs itself and fetches its own model on start: no llama-server build for it
+ENGINE_PREREQ = $(if $(filter-out llama.cpp,$(ENGINE)),install,server-bin)
 
-.PHONY: install server-bin server server-stop demo bench depth report browser test perf clean
+.PHONY: install server-bin server server-stop demo bench depth report browser test perf clean \
+        engines test-engines record-engines
 
 install: $(STAMP)
 
@@ -30,17 +39,24 @@ $(STAMP): pyproject.toml
 server-bin: install
 	$(BIN)/python -m lalmpipe.localserver fetch
 
-server: server-bin
-	@$(BIN)/python -m lalmpipe.localserver start $(if $(MODEL),--model $(MODEL))
+server: $(ENGINE_PREREQ)
+	@$(BIN)/python -m lalmpipe.localserver start $(ENGINE_ARGS)
 
 server-stop:
 	@$(BIN)/python -m lalmpipe.localserver stop
 
-# enough turns for the recall of the planted facts to fall: a few minutes on 2 cores
-demo: server-bin
-	@$(BIN)/python -m lalmpipe.localserver run $(if $(MODEL),--model $(MODEL)) -- \
+# enough turns for the recall of the planted facts to fall: a few minutes on 2 cores;
+# on another engine (SmolLM2, slower engines) 8 turns: it shows the engine, not the model's memory
+demo: $(ENGINE_PREREQ)
+ifeq ($(filter-out llama.cpp,$(ENGINE)),)
+	@$(BIN)/python -m lalmpipe.localserver run $(ENGINE_ARGS) -- \
 	  $(MAKE) --no-print-directory bench ROUNDS=40 MAX_TOKENS=64 \
 	  CHAT_ARGS="--probe-every 10 --temperature 0 $(CHAT_ARGS)" REPORT_ARGS="--min-fact-age 4 $(REPORT_ARGS)"
+else
+	@$(BIN)/python -m lalmpipe.localserver run $(ENGINE_ARGS) -- \
+	  $(MAKE) --no-print-directory bench ROUNDS=8 MAX_TOKENS=64 \
+	  CHAT_ARGS="--probe-every 4 --temperature 0 $(CHAT_ARGS)" REPORT_ARGS="--min-fact-age 2 $(REPORT_ARGS)"
+endif
 
 bench: install
 	@mkdir -p $(LOGS); set -e; ts=$$(date -u +%Y%m%dT%H%M%SZ); all=""; texts=""; i=0; \
@@ -87,6 +103,18 @@ browser:
 
 test: server-bin browser
 	$(BIN)/python -m pytest -q
+
+# every engine installed (once each, one at a time: each build or install takes both cores)
+engines: server-bin
+	$(BIN)/python -m lalmpipe.localserver install
+
+# live checks against every engine, each started once and stopped (not part of make test)
+test-engines: engines
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(ENGINE_TESTS)
+
+# refresh tests/fixtures/engines/ENGINE.jsonl: each engine's live run, kept (replayed by make test)
+record-engines: engines
+	LALM_RECORD=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(ENGINE_TESTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

