@@ -171,9 +171,9 @@ EXAMPLE = os.path.join(ROOT, "docs", "examples", "smollm2.jsonl")
 def test_a_fixed_history_at_two_depths_warm_and_cold(server, api_key):
     """The shipped recording's answers as the history, turns 2 and 8 sent: a cold
     request is a full prefill, a warm one reuses the prefix the first left."""
-    rows = {}
+    rows, outs = {}, {}
     for cold in (True, False):
-        turns, rows[cold], _ = pipeline(server, 8, "--history", EXAMPLE, "--at", "2,8", "--max-tokens", "24",
+        turns, rows[cold], outs[cold] = pipeline(server, 8, "--history", EXAMPLE, "--at", "2,8", "--max-tokens", "24",
                                         "--temperature", "0", *(["--cold"] if cold else []))
         assert [(t["turn"], t["cold"]) for t in turns[1:]] == [(2, "cache_prompt" if cold else None),
                                                               (8, "cache_prompt" if cold else None)]
@@ -189,5 +189,15 @@ def test_a_fixed_history_at_two_depths_warm_and_cold(server, api_key):
     assert second["cached_tokens"] >= first["prompt_tokens"] - 4
     # the same history either way: the server counted the same prompts
     assert [r["prompt_tokens"] for r in rows[True]] == [r["prompt_tokens"] for r in rows[False]]
+    # the depth table: a row per measured turn at the server's count, the two runs side by side
+    table = run_main(report.main, ["--depths"], outs[True] + outs[False]).out.splitlines()
+    assert table[0].startswith("Depths; history shared: both runs were sent the answers of run ")
+    assert [line.split()[:3] for line in table[3:5]] == [
+        [str(c["turn"]), str(c["context_tokens_est"]), format(c["ttft_s"], ".3f")] for c in rows[True]]
+    for cold, kind in ((True, "cold"), (False, "warm")):
+        own = run_main(report.main, [], outs[cold]).out
+        assert own.splitlines()[2].startswith(f"Depths ({kind}: ")
+        depths = [line.split()[:2] for line in own.split("after the turn)\n\n")[1].splitlines()[1:3]]
+        assert depths == [[str(r["prompt_tokens"] + r["completion_tokens"]), str(r["turn"])] for r in rows[cold]]
     print("cold vs warm TTFT at turn 8:", rows[True][1]["ttft_s"], rows[False][1]["ttft_s"],
           "prefill tok/s:", rows[True][1]["prefill_tps"], rows[False][1]["prefill_tps"])
