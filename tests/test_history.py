@@ -353,3 +353,28 @@ def test_runs_over_one_history_are_compared_depth_by_depth(recording, facts):
     assert md.count("\n| 3 | ") == md.count("\n| 6 | ") == 1 and f"- [2] run {runs[1]}: scripted, warm" in md
     refused = run_main(report.main, ["--depths", "--format", "json"], cold)
     assert refused.code == 2 and refused.err.endswith("--depths goes with --format text, markdown or csv\n")
+
+
+def test_make_depth_runs_the_chosen_turns_and_keeps_the_depth_table(tmp_path):
+    import subprocess
+    from conftest import ROOT
+    from test_replay import start_replay, stop
+    example = f"{ROOT}/docs/examples/smollm2.jsonl"
+    proc, url = start_replay(example, "--speed", "0")
+    try:
+        done = subprocess.run(["make", "-s", "-o", "install", "depth", f"BIN={ROOT}/bin", f"BASE_URL={url}",
+                               f"HISTORY={example}", "AT=2,8", "MAX_TOKENS=96", f"LOGS={tmp_path}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        stop(proc)
+    assert done.returncode == 0, done.stderr
+    [table] = tmp_path.glob("lalm_depth_run_*.depths.md")
+    [rows] = tmp_path.glob("lalm_depth_run_*.metrics.jsonl")
+    metrics_rows = [r for r in map(json.loads, rows.read_text().splitlines()) if r["kind"] == "metrics"]
+    assert [r["turn"] for r in metrics_rows] == [2, 8]
+    assert [line.split(" | ")[:2] for line in table.read_text().splitlines()[4:]] == [
+        [f"| {r['context_tokens']}", str(r["turn"])] for r in metrics_rows]
+    assert "Depths (warm: " in done.stdout and f"depth table {table}" in done.stderr
+    usage = subprocess.run(["make", "-s", "-o", "install", "depth", f"BIN={ROOT}/bin"], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: make depth HISTORY=recording.jsonl AT=")
