@@ -5,6 +5,8 @@ import math
 import re
 from typing import Sequence
 
+import msgspec
+
 from .outcome import window_full
 from .reasoning import StreamView
 from .records import Metrics, Recall
@@ -83,7 +85,7 @@ def token_counts(usage: dict | None, reasoning_count: int | None,
         return {**counts, "reasoning_tokens": None, "content_tokens": None, "tokens_source": None}
     if completion is None:
         return {**counts, "reasoning_tokens": reasoning_count, "content_tokens": content_count,
-                "tokens_source": "tiktoken"}
+                "tokens_source": CLIENT_TOKENS}
     client = reasoning_count + content_count
     reasoning = round(completion * reasoning_count / client) if client else 0
     return {**counts, "reasoning_tokens": reasoning, "content_tokens": completion - reasoning,
@@ -107,13 +109,62 @@ def prefill_tps(prompt_tokens: int | None, cached: int | None, ttft_s: float | N
 def overflow_prompt_tokens(body: str | None) -> int | None:
     """The prompt size an overflow error reports: llama.cpp's n_prompt_tokens,
     vLLM's "(N in the messages", or a "request (N tokens)" message."""
-    if not body:
-        return None
-    m = re.search(r'"n_prompt_tokens"\s*:\s*(\d+)', body) \
-        or re.search(r"(\d+) in the messages", body) \
-        or re.search(r"request \((\d+) tokens\)", body) \
-        or re.search(r"prompt is too long: (\d+) tokens", body)
-    return int(m.group(1)) if m else None
+    return _first_number(body, (r'"n_prompt_tokens"\s*:\s*(\d+)', r"(\d+) in the messages",
+                                r"request \((\d+) tokens\)", r"prompt is too long: (\d+) tokens"))
+
+
+def overflow_tokens(body: str | None) -> int | None:
+    """The size a server gave the request it refused as too long for its window:
+    llama.cpp's n_prompt_tokens, vLLM's "at least N input tokens" (older builds:
+    "you requested M tokens", the messages and max_tokens together)."""
+    return _first_number(body, (r'"n_prompt_tokens"\s*:\s*(\d+)', r"at least (\d+) input tokens",
+                                r"you requested (\d+) tokens", r"request \((\d+) tokens\)",
+                                r"prompt is too long: (\d+) tokens"))
+
+
+def _first_number(text: str | None, patterns: tuple[str, ...]) -> int | None:
+    """The number the first matching pattern captures."""
+    for pattern in patterns if text else ():
+        m = re.search(pattern, text)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+# whose a count is: the server's (its usage), or the client's own cl100k count of what
+# was sent and received; `tokens_source` names the client's count of an answer "tiktoken"
+SERVER, ESTIMATE, CLIENT_TOKENS = "server", "estimate", "tiktoken"
+
+
+def counted(server_count: int | None, estimate: int | None) -> tuple[int | None, str | None]:
+    """Return a count and its source: the server's where it gave one, else the client's estimate."""
+    if server_count is not None:
+        return server_count, SERVER
+    return estimate, None if estimate is None else ESTIMATE
+
+
+def server_counted(row: Metrics | Recall) -> bool:
+    """Tell if a row's context size is the server's count (a record from before
+    `context_tokens_source`: if it has one at all)."""
+    source = getattr(row, "context_tokens_source", None)
+    return source == SERVER if source else row.context_tokens is not None
+
+
+def in_unit(row: Metrics | Recall, estimated: bool) -> Metrics | Recall:
+    """The row with its context size in a report's one unit: the client's estimate,
+    or the server's count; in the server's unit, a count the server did not make is unknown."""
+    if estimated:
+        swap = {"context_tokens": row.context_tokens_est}
+        if isinstance(row, Metrics):
+            swap["context_tokens_source"] = None if row.context_tokens_est is None else ESTIMATE
+        return msgspec.structs.replace(row, **swap)
+    if isinstance(row, Recall) or server_counted(row):
+        return row
+    return msgspec.structs.replace(
+        row, context_tokens=None, context_tokens_source=None,
+        prompt_tokens=None if row.prompt_tokens_source == ESTIMATE else row.prompt_tokens,
+        prompt_tokens_source=None if row.prompt_tokens_source == ESTIMATE else row.prompt_tokens_source,
+        completion_tokens=None if row.tokens_source == CLIENT_TOKENS else row.completion_tokens)
 
 
 def generated_tokens(counts: dict, n_token_chunks: int) -> int:
@@ -194,6 +245,8 @@ def summarize(rows: list[Metrics]) -> dict:
     ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
     tps = [r.decode_tps for r in ok if r.decode_tps is not None]
     ctx = [r.context_tokens for r in rows if r.context_tokens is not None]
+    # the cache's share of the prompts the server counted, turn by turn: an estimate has no cache beside it
+    cache_counted = [r for r in rows if r.cached_tokens is not None and r.prompt_tokens_source != ESTIMATE]
     return {
         "turns": len(rows), "ok": len(ok),
         "errors": sum(1 for r in rows if r.status == "error"),
@@ -206,7 +259,9 @@ def summarize(rows: list[Metrics]) -> dict:
         "completion_tokens_total": _total(rows, "completion_tokens"),
         "reasoning_tokens_total": _total(rows, "reasoning_tokens"),
         "cached_tokens_total": _total(rows, "cached_tokens"),
-        "cache_hit_ratio": r3(_ratio(_total(rows, "cached_tokens"), _total(rows, "prompt_tokens"))),
+        "cache_prompt_tokens_total": _total(cache_counted, "prompt_tokens"),
+        "cache_hit_ratio": r3(_ratio(_total(cache_counted, "cached_tokens"),
+                                     _total(cache_counted, "prompt_tokens"))),
         "max_context_tokens": max(ctx) if ctx else None,
         "duration_s": r6(sum(r.e2e_s or r.ttft_s or 0.0 for r in rows)),
         **degradation(ok),
@@ -255,22 +310,25 @@ def ceiling(rows: list[Metrics], window: int | None = None, estimated: bool = Fa
     """The first turn where the context broke: an overflow, a stall, a silent truncation.
 
     Its size is in the unit of the run's other context figures: the server's
-    counts, or, `estimated`, the client's cl100k counts; never a mix. An
-    overflow of a known window whose own size is not known is "over the window".
-    Other failures (a refused connection, an HTTP 500) say nothing about the
-    context and are counted in the summary, not here.
+    counts, or, `estimated`, the client's cl100k counts; never a mix. A request
+    refused as too long for a known window went "over the window", whatever
+    either count says; the size the server gave it in refusing it is kept as
+    `overflow_tokens`. Other failures (a refused connection, an HTTP 500) say
+    nothing about the context and are counted in the summary, not here.
     """
     last_ok = None
     for r in rows:
         failed = r.status == "error" and r.error_kind in CEILING_KINDS
         if failed or r.truncated:
             ctx = r.context_tokens
-            if ctx is None and not estimated and r.prompt_tokens_source == "server":
+            if ctx is None and not estimated and r.prompt_tokens_source == SERVER:
                 ctx = r.prompt_tokens
-            over = window if failed and r.error_kind == "context_overflow" else None
+            # an answer cut by a full window did fit; only a refused request went over it
+            refused = failed and r.error_kind == "context_overflow" and r.finish_reason != "length"
             return {"turn": r.turn, "context_tokens": ctx,
                     "reason": "truncation" if not failed else r.error_kind,
-                    "last_ok_context_tokens": last_ok, "over_window_tokens": over}
+                    "last_ok_context_tokens": last_ok, "over_window_tokens": window if refused else None,
+                    "overflow_tokens": r.overflow_tokens}
         if r.status == "ok" and r.context_tokens is not None:
             last_ok = r.context_tokens
     return None

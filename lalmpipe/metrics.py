@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 from . import measure, recall, tokens
 from .jsonl import (ExitCode, InputError, RecordWriter, add_common_args, add_input_args, new_parser,
                     read_records, run_command)
-from .measure import r3, r6
+from .measure import SERVER, r3, r6
 from .history import own_answer
 from .reasoning import read_stream
 from .outcome import context_tokens
@@ -122,7 +122,7 @@ def _add(a: int | None, b: int | None) -> int | None:
     return None if a is None or b is None else a + b
 
 
-SERVER, UNCACHED = "server", "server-uncached"
+UNCACHED = "server-uncached"
 
 
 def _metrics(turn: Turn, view, conv: Conversation, request_tokens: int | None,
@@ -133,11 +133,17 @@ def _metrics(turn: Turn, view, conv: Conversation, request_tokens: int | None,
     cached = measure.cached_tokens(view.usage, view.timings)
     if counts["prompt_tokens"] is None and turn.error:
         counts["prompt_tokens"] = measure.overflow_prompt_tokens(turn.error.body)
-    p, c = counts["prompt_tokens"], counts["completion_tokens"]
+    p, c = counts["prompt_tokens"], counts["completion_tokens"]    # the server's
     growth = None if conv.prev_request_tokens is None or request_tokens is None \
         else request_tokens - conv.prev_request_tokens
     partial = measure.partial_prompt_count(p, growth, conv.prev_prompt_tokens)
     error = turn.error
+    # where the server counted nothing, the client's count of what was sent and received
+    answer_n = _add(reasoning_n, content_n)
+    context_n, context_source = measure.counted(None if partial else context_tokens(p, c),
+                                                _add(request_tokens, answer_n))
+    prompt_n, prompt_source = measure.counted(p, request_tokens)
+    counts["prompt_tokens"], counts["completion_tokens"] = prompt_n, measure.counted(c, answer_n)[0]
     return Metrics(
         run_id=turn.run_id, turn=turn.turn, prompt_id=turn.prompt.id,
         tier=turn.prompt.tier, status=turn.status, error_kind=error.kind if error else None,
@@ -151,11 +157,13 @@ def _metrics(turn: Turn, view, conv: Conversation, request_tokens: int | None,
         has_reasoning=bool(view.reasoning), reasoning_s=r6(times["reasoning_s"]),
         cached_tokens=cached,
         prefill_tps=r3(measure.prefill_tps(p, cached, times["ttft_s"])),
-        context_tokens=None if partial else context_tokens(p, c),
+        context_tokens=context_n, context_tokens_source=context_source,
         truncated=not partial and measure.truncated(p, c, conv.prev_prompt_tokens, growth, conv.window),
         server_timings=view.timings,
-        prompt_tokens_source=None if p is None else UNCACHED if partial else SERVER,
-        context_tokens_est=_add(request_tokens, _add(reasoning_n, content_n)),
+        prompt_tokens_source=UNCACHED if partial else prompt_source,
+        context_tokens_est=_add(request_tokens, answer_n),
+        overflow_tokens=measure.overflow_tokens(error.body) if error and error.kind == "context_overflow"
+        else None,
     )
 
 

@@ -264,6 +264,8 @@ class Metrics(Record):
     rule_kept: bool | None = None
     prompt_tokens_source: str | None = None
     context_tokens_est: int | None = None
+    context_tokens_source: str | None = None    # "server" or "estimate" (the client's cl100k count)
+    overflow_tokens: int | None = None          # the request's size by the server's count, as it refused it
 
 
 class Probe(Record):

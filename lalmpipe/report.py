@@ -19,8 +19,6 @@ import argparse
 import csv
 import json
 
-import msgspec
-
 from . import measure
 from .jsonl import (ExitCode, InputError, UsageError, add_common_args, add_input_args, file_ending,
                     new_parser, non_negative_int, read_records, run_command)
@@ -50,16 +48,14 @@ def collect(records) -> list[dict]:
 def in_one_unit(rows: list, estimated: bool) -> list:
     """The rows with context sizes all in one unit: the server's counts, or the
     client's cl100k estimates when the server did not count every turn."""
-    if not estimated:
-        return rows
-    return [msgspec.structs.replace(r, context_tokens=r.context_tokens_est) for r in rows]
+    return [measure.in_unit(r, estimated) for r in rows]
 
 
 def analyse(group: dict, min_fact_age: int = measure.MIN_FACT_AGE_TURNS) -> dict:
     run = group["run"]
     window = run.server.context_window if run else None
     counted = [r for r in group["rows"] if r.status == "ok"]
-    estimated = any(r.context_tokens is None for r in counted)
+    estimated = not all(measure.server_counted(r) for r in counted)
     rows = in_one_unit(group["rows"], estimated)
     recalls = in_one_unit(group["recalls"], estimated)
     summary = measure.summarize(rows)
@@ -208,7 +204,8 @@ def ceiling_sentence(report: dict) -> str:
         failed = s["turns"] - s["ok"]
         return (f"No ceiling found in {s['turns']} turns"
                 + (f" ({failed} failed for reasons other than the context)" if failed else "")
-                + f"; the largest context was {_n(s['max_context_tokens'])} tokens.")
+                + f"; the largest context was {_approx(_n(s['max_context_tokens']), s['context_source'] != 'server')} "
+                "tokens.")
     row = next((r for r in report["turns"] if r["turn"] == c["turn"]), {})
     cut = row.get("finish_reason") == "length"
     what = {"truncation": "the server silently truncated the conversation",
@@ -219,11 +216,16 @@ def ceiling_sentence(report: dict) -> str:
                 c["reason"], f"the turn failed ({c['reason']})")
     last = f"; the last good turn held {_n(c['last_ok_context_tokens'])} tokens" \
         if c.get("last_ok_context_tokens") else ""
-    over = c.get("over_window_tokens")
-    where = f"over the {over:,}-token window" if over and (c["context_tokens"] or 0) < over \
-        else f"at about {_n(c['context_tokens'])} context tokens"
-    unit = " (client estimates)" if s["context_source"] != "server" else ""
-    return f"Ceiling at turn {c['turn']}: {what} {where}{last}{unit}."
+    # the server's own words on a refused request come before any count of the client's
+    over, server = c.get("over_window_tokens"), c.get("overflow_tokens")
+    counted = f"the server counted {server:,} tokens" if server else ""
+    if over:
+        where = f": {counted + ', ' if counted else ''}over the {over:,}-token window"
+    else:
+        where = f": {counted}" if counted else f" at about {_n(c['context_tokens'])} context tokens"
+    ours = last or not (over or counted)       # a size of the report's own unit is given
+    unit = " (client estimates)" if s["context_source"] != "server" and ours else ""
+    return f"Ceiling at turn {c['turn']}: {what}{where}{last}{unit}."
 
 
 def _n(x) -> str:
@@ -260,24 +262,36 @@ def _status(r: dict) -> str:
     return r.get("error_kind") or r["status"]
 
 
+# a count the client made, where the server gave none, is marked as an estimate
+ESTIMATED = {"context_tokens": lambda r: r.get("context_tokens_source") == measure.ESTIMATE,
+             "completion_tokens": lambda r: r.get("tokens_source") == measure.CLIENT_TOKENS}
+
+
 def _row(r: dict) -> list[str]:
-    return [_status(r) if c == "status" else _cell(r.get(c), c) for c in COLUMNS]
+    return [_status(r) if c == "status" else _approx(_cell(r.get(c), c), c in ESTIMATED and ESTIMATED[c](r))
+            for c in COLUMNS]
+
+
+def _approx(cell: str, estimated: bool) -> str:
+    """Mark a number the client estimated; an unknown one stays as it is."""
+    return f"≈ {cell}" if estimated and cell not in ("?", "-") else cell
 
 
 def summary_lines(report: dict) -> list[tuple[str, str]]:
     """The summary as (label, sentence) pairs, for people."""
     s, rz = report["summary"], report["reasoning"]
     f = lambda x, spec="": "?" if x is None else format(x, spec)
+    est, half = s["context_source"] != "server", s["decode_half_speed_at_context_tokens"]
     lines = [("TTFT", f"mean {f(s['ttft_mean_s'], '.3f')} s, p50 {f(s['ttft_p50_s'], '.3f')} s, "
                       f"p95 {f(s['ttft_p95_s'], '.3f')} s; "
                       f"{f(s['ttft_slope_s_per_1k_tokens'], '+.3f')} s per 1,000 context tokens"),
              ("Decode", f"mean {f(s['decode_tps_mean'], '.1f')} tok/s; {f(s['decode_tps_start'], '.1f')} "
                         f"at the start, {f(s['decode_tps_end'], '.1f')} at the end "
                         f"(x{f(s['decode_ratio_end_to_start'], '.2f')})"
-                        + (f"; below half speed from {s['decode_half_speed_at_context_tokens']:,} "
-                           "context tokens" if s["decode_half_speed_at_context_tokens"] else ""))]
-    if s["cached_tokens_total"] is not None and s["prompt_tokens_total"]:
-        lines.append(("Prefix cache", f"{s['cached_tokens_total']:,} of {s['prompt_tokens_total']:,} "
+                        + (f"; below half speed from {_approx(_n(half), est)} context tokens"
+                           if half else ""))]
+    if s["cached_tokens_total"] is not None and s["cache_prompt_tokens_total"]:
+        lines.append(("Prefix cache", f"{s['cached_tokens_total']:,} of {s['cache_prompt_tokens_total']:,} "
                                       f"prompt tokens served from cache ({s['cache_hit_ratio']:.0%})"))
     if rz["turns_with_reasoning"]:
         lines.append(("Reasoning", f"in {rz['turns_with_reasoning']} of {s['ok']} turns; mean "
@@ -287,7 +301,7 @@ def summary_lines(report: dict) -> list[tuple[str, str]]:
         lines.append(("Reasoning", "none seen"))
     lines.append(("Turns", f"{s['turns']}: {s['ok']} ok, {s['errors']} failed, {s['truncated']} truncated"
                            + (f", {s['interrupted']} interrupted" if s["interrupted"] else "")
-                           + f"; largest context {_n(s['max_context_tokens'])} tokens"
+                           + f"; largest context {_approx(_n(s['max_context_tokens']), est)} tokens"
                            + ("" if s["context_source"] == "server"
                               else " (the server did not count every prompt: client estimates)")))
     lines.append(("Ceiling", ceiling_sentence(report)))

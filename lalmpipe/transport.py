@@ -165,7 +165,7 @@ class Transport:
         raw: list = []
         limit_ns = None if deadline_s is None else t0 + int(deadline_s * 1e9)
         try:
-            for item in timed_events(reads):
+            for item in timed_events(self._data_waits(reads, raw, deadline_s, limit_ns)):
                 raw.append(item)
                 if on_event is not None:
                     on_event(len(raw), item[0] - t0)
@@ -174,6 +174,23 @@ class Transport:
         finally:
             att.chunks = [[round((t - t0) / 1e9, 6), data] if event == "message"
                           else [round((t - t0) / 1e9, 6), data, event] for t, event, data in raw]
+
+    def _data_waits(self, reads, events: list, deadline_s: float | None, limit_ns: int | None):
+        """Pass the reads on, ending the stream when no data event came for the stall timeout.
+
+        The connection's own timeout sees bytes, and a server's keep-alive comments
+        (`: ping`, every 15 s from llama-cpp-python) are bytes: they would keep a
+        stalled stream open for ever. The wait is measured from the last data event
+        (`events`, filled as the reads are parsed), or from the request.
+        """
+        stall_ns = int(self.stall_timeout_s * 1e9)
+        for chunk in reads:
+            now = time.perf_counter_ns()
+            if now - (events[-1][0] if events else self._sent_ns) > stall_ns:
+                raise _StreamTimeout(f"no data event for {self.stall_timeout_s:g} s")
+            if limit_ns is not None and now > limit_ns:
+                raise _StreamTimeout(f"turn took longer than --timeout {deadline_s:g} s")
+            yield chunk
 
     def _status_error(self, e, att: Attempt) -> None:
         try:

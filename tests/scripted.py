@@ -86,6 +86,24 @@ def _pieces(dialect: str, n_reasoning: int, n_content: int) -> list[tuple[str, s
     return [(field_name, REASONING_WORD)] * n_reasoning + content
 
 
+def llama_cpp_python(n_content: int = 20, ttft_s: float = 0.05, rate_tps: float = 100.0,
+                     pings: tuple[float, ...] = ()) -> Script:
+    """An answer as llama-cpp-python's server streams it: JSON with spaces after `,` and `:`,
+    the role chunk ~10 ms before the first token, no usage at all (it ignores
+    include_usage), `[DONE]`, and `: ping - <datetime>` comments at the times in `pings`."""
+    def chunk(delta, finish=None):
+        return json.dumps({"id": "chatcmpl-0", "object": "chat.completion.chunk", "created": 1764445000,
+                           "model": "smollm2-135m", "choices": [{"index": 0, "delta": delta,
+                                                                 "logprobs": None, "finish_reason": finish}]})
+    dt = 1.0 / rate_tps
+    t_last = ttft_s + dt * (n_content - 1)
+    events = [(ttft_s - 0.01, encode_event(chunk({"role": "assistant"})))]
+    events += [(ttft_s + dt * i, encode_event(chunk({"content": CONTENT_WORD}))) for i in range(n_content)]
+    events += [(t_last + 0.0005, encode_event(chunk({}, "stop"))), (t_last + 0.001, encode_event("[DONE]"))]
+    events += [(t, b": ping - 2026-11-29 19:00:00.000000+00:00\r\n\r\n") for t in pings]
+    return Script(events=sorted(events, key=lambda e: e[0]))
+
+
 def sse(*events: tuple[float, str]) -> Script:
     """A script from raw (t, data) pairs."""
     return Script(events=[(t, encode_event(d)) for t, d in events])

@@ -1,6 +1,9 @@
 """lalm-chat and lalm-metrics against a scripted SSE server on 127.0.0.1 whose
 schedule and counts are the truth."""
+import csv
+import io
 import json
+import re
 
 import pytest
 
@@ -38,8 +41,11 @@ def test_metrics_match_the_schedule_in_every_dialect(dialect, api_key):
         assert abs(row["content_tokens"] - truth.content_tokens) <= 2
         assert row["has_reasoning"] is (truth.reasoning_tokens > 0)
         if dialect == "no_usage":
-            assert row["prompt_tokens"] is None and row["completion_tokens"] is None
-            assert row["tokens_source"] == "tiktoken"
+            # the client's own counts, each marked as such
+            assert (row["prompt_tokens_source"], row["context_tokens_source"], row["tokens_source"]) == (
+                "estimate", "estimate", "tiktoken")
+            assert row["completion_tokens"] == row["content_tokens"]
+            assert row["context_tokens"] == row["context_tokens_est"] == row["prompt_tokens"] + row["completion_tokens"]
         else:
             assert row["prompt_tokens"] == truth.prompt_tokens
             assert row["completion_tokens"] == truth.completion_tokens
@@ -168,3 +174,62 @@ def test_unreachable_server_is_one_line_and_exit_1(api_key):
     assert ran.err.startswith("lalm-chat: error: cannot reach the server at http://127.0.0.1:")
     assert ran.err.count("\n") == 1 and "Traceback" not in ran.err
     assert ran.out == ""
+
+
+def test_a_server_without_usage_gets_a_whole_report_on_the_clients_counts(api_key, tmp_path):
+    # llama-cpp-python's bytes: no usage chunk; decode slows to below half speed; then the
+    # empty 200 with which it answers a prompt over its window
+    from lalmpipe import plot, report, tokens
+    from scripted import llama_cpp_python
+    rates = (200.0, 200.0, 180.0, 50.0)
+    scripts = [llama_cpp_python(n_content=10 + 5 * i, ttft_s=0.05 * (i + 1), rate_tps=r)
+               for i, r in enumerate(rates)] + [Script(events=[])]
+    with ScriptedServer(lambda i, body: scripts[i]) as server:
+        ran = run_main(chat.main, ["--base-url", server.base_url, "--model", "m", "-q"],
+                       prompts_jsonl([f"question number {i}" for i in range(1, 6)]))
+    measured = run_main(metrics.main, [], ran.out)
+    rows = [r for r in measured.records if r["kind"] == "metrics"]
+    assert [r["status"] for r in rows] == ["ok"] * 4 + ["error"] and rows[4]["error_kind"] == "empty"
+    est = [r["context_tokens_est"] for r in rows]
+    assert est == sorted(est) and est[0] > 10
+    for i, r in enumerate(rows):
+        assert (r["context_tokens"], r["context_tokens_source"]) == (est[i], "estimate")
+        answer = 10 + 5 * i if i < 4 else 0      # one cl100k token a chunk
+        assert (r["completion_tokens"], r["content_tokens"], r["tokens_source"]) == (answer, answer, "tiktoken")
+        assert (r["prompt_tokens"], r["prompt_tokens_source"]) == (est[i] - answer, "estimate")
+    # the client's count of the request equals the history it sent
+    assert rows[1]["prompt_tokens"] == rows[0]["context_tokens"] + tokens.count("question number 2")
+
+    def rep(*args):
+        done = run_main(report.main, list(args), measured.out)
+        assert done.code == 0, done.err
+        return done.out
+
+    doc = json.loads(rep("--format", "json"))
+    s = doc["summary"]
+    assert s["context_source"] == "client (cl100k estimate)"
+    assert s["max_context_tokens"] == est[4] and s["decode_half_speed_at_context_tokens"] == est[3]
+    assert s["ttft_slope_s_per_1k_tokens"] > 0
+    assert s["prompt_tokens_total"] == sum(r["prompt_tokens"] for r in rows)
+    assert doc["ceiling"] == {"turn": 5, "context_tokens": est[4], "reason": "empty",
+                              "last_ok_context_tokens": est[3], "over_window_tokens": None,
+                              "overflow_tokens": None}
+    assert [(t["context_tokens"], t["context_tokens_source"]) for t in doc["turns"]] == [
+        (e, "estimate") for e in est]
+    xs, ys = plot._points(doc["turns"], "ttft_s")           # the plot's x axis
+    assert xs == est[:4] and len(ys) == 4
+
+    text = rep()
+    assert "?" not in text
+    for i, e in enumerate(est, 1):
+        assert re.search(rf"^ +{i} +foundations +(ok|empty) +≈ {e} ", text, re.M), (i, e, text)
+    assert f"; largest context ≈ {est[4]:,} tokens" in text
+    assert f"below half speed from ≈ {est[3]:,} context tokens" in text
+    assert " s per 1,000 context tokens" in text
+    assert (f"Ceiling at turn 5: the server answered with an empty stream at about {est[4]:,} context "
+            f"tokens; the last good turn held {est[3]:,} tokens (client estimates).") in text
+    md = rep("--format", "markdown")
+    assert f"| 1 | foundations | ok | ≈ {est[0]} | " in md and "?" not in md
+    table = list(csv.DictReader(io.StringIO(rep("--format", "csv"))))
+    assert [(int(r["context_tokens"]), r["context_tokens_source"], r["prompt_tokens_source"])
+            for r in table] == [(e, "estimate", "estimate") for e in est]

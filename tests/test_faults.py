@@ -158,7 +158,8 @@ def test_silent_truncation_is_flagged_and_is_the_ceiling(api_key):
     assert [r["truncated"] for r in rows] == [False, False, True, True]
     doc = json.loads(run_main(report.main, ["--format", "json"], out).out)
     assert doc["ceiling"] == {"turn": 3, "context_tokens": 380, "reason": "truncation",
-                              "last_ok_context_tokens": 360, "over_window_tokens": None}
+                              "last_ok_context_tokens": 360, "over_window_tokens": None,
+                              "overflow_tokens": None}
     text = run_main(report.main, [], out).out
     assert "Ceiling at turn 3: the server silently truncated the conversation at about 380" in text
 
@@ -174,8 +175,10 @@ def test_ollamas_cached_prompt_counts_are_not_truncation(api_key):
     assert [r["truncated"] for r in rows] == [False, False, False, False]
     assert [r["prompt_tokens_source"] for r in rows] == ["server", "server-uncached", "server-uncached",
                                                          "server-uncached"]
-    assert [r["context_tokens"] for r in rows] == [180, None, None, None]
     est = [r["context_tokens_est"] for r in rows]
+    # a partial count is no context size: the client's count stands in, marked as such
+    assert [(r["context_tokens"], r["context_tokens_source"]) for r in rows] == [
+        (180, "server"), (est[1], "estimate"), (est[2], "estimate"), (est[3], "estimate")]
     assert est == sorted(est) and est[0] > 80
     doc = json.loads(run_main(report.main, ["--format", "json"], out).out)
     assert doc["ceiling"] is None
@@ -240,3 +243,71 @@ def test_lalm_chat_passes_other_records_through(api_key):
         ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q"],
                        note + "\n" + prompts_jsonl(["a"]))
     assert [r["kind"] for r in ran.records] == ["run", "note", "turn"]
+
+
+VLLM_OVERFLOW = ('{"object":"error","message":"This model\'s maximum context length is 512 tokens. However, your '
+                 'request has at least 513 input tokens. Please reduce the length of the input messages.",'
+                 '"type":"BadRequestError","param":null,"code":400}')
+LLAMA_CPP_OVERFLOW = ('{"error":{"code":400,"message":"request (909 tokens) exceeds the available context size '
+                      '(512 tokens), try increasing it","type":"exceed_context_size_error",'
+                      '"n_prompt_tokens":909,"n_ctx":512}}')
+# where each tells its window before the run
+WINDOW_ROUTES = {"vllm": {path: {"data": [{"id": "m", "max_model_len": 512}]} for path in ("/v1/models", "/models")},
+                 "llama.cpp": {"/props": {"default_generation_settings": {"n_ctx": 512}}}}
+
+
+@pytest.mark.parametrize("usage", [True, False])
+@pytest.mark.parametrize("window_known", [True, False])
+@pytest.mark.parametrize("server, body, counted", [("vllm", VLLM_OVERFLOW, 513),
+                                                   ("llama.cpp", LLAMA_CPP_OVERFLOW, 909)])
+def test_an_overflow_is_over_the_window_by_the_servers_own_count(api_key, server, body, counted,
+                                                                 window_known, usage):
+    first = ok(" ".join(["word"] * 80), 400, 80) if usage else ok(" ".join(["word"] * 80))
+    ran, turns, _ = converse([first, error_body(400, body)], 3,
+                             routes=WINDOW_ROUTES[server] if window_known else None)
+    assert ran.records[0]["server"]["context_window"] == (512 if window_known else None)
+    rows, out = measured(ran)
+    assert rows[1]["error_kind"] == "context_overflow" and rows[1]["overflow_tokens"] == counted
+    doc = json.loads(run_main(report.main, ["--format", "json"], out).out)
+    last_ok = 480 if usage else rows[0]["context_tokens_est"]
+    assert doc["ceiling"] == {"turn": 2, "context_tokens": doc["ceiling"]["context_tokens"],
+                              "reason": "context_overflow", "last_ok_context_tokens": last_ok,
+                              "over_window_tokens": 512 if window_known else None, "overflow_tokens": counted}
+    text = run_main(report.main, [], out).out
+    sentence = next(line for line in text.splitlines() if line.startswith("Ceiling"))[13:]
+    where = f"the server counted {counted} tokens" + (", over the 512-token window" if window_known else "")
+    assert sentence == (f"Ceiling at turn 2: the request overflowed the context window: {where}; the last good "
+                        f"turn held {last_ok} tokens" + ("." if usage else " (client estimates)."))
+
+
+PING = b": ping - 2026-11-29 19:00:00.000000+00:00\r\n\r\n"
+
+
+@pytest.mark.parametrize("limit, message", [(("--stall-timeout", "0.5"), "no data event for 0.5 s"),
+                                            (("--timeout", "0.5"), "turn took longer than --timeout 0.5 s")])
+def test_keep_alive_comments_do_not_hide_a_stall(api_key, limit, message):
+    # llama-cpp-python's pings go on while no data comes: the stall clock runs from the last data event
+    stalled = stream("plain", n_content=30, ttft_s=0.02, rate_tps=500)[0]
+    stalled.events = (stalled.events[:4] + [(0.1 + 0.2 * k, PING) for k in range(30)]
+                      + [(6.2, e) for _, e in stalled.events[4:]])
+    import openai  # noqa: F401 - loaded before the clock starts: its first import takes seconds on a busy machine
+    t0 = time.monotonic()
+    ran, turns, _ = converse([stalled], 2, *limit)
+    elapsed = time.monotonic() - t0
+    assert 0.5 < elapsed < 3.0, elapsed
+    assert turns[0]["status"] == "error" and turns[0]["error"]["kind"] == "timeout"
+    assert turns[0]["error"]["message"] == message
+    assert len(turns[0]["chunks"]) == 4 and len(turns) == 1
+
+
+def test_keep_alive_comments_are_neither_tokens_nor_chunks(api_key):
+    from scripted import llama_cpp_python
+    pings = (0.05, 0.1, 0.15, 0.2, 0.25, 0.31, 0.45, 0.61)
+    answer = llama_cpp_python(n_content=20, ttft_s=0.3, rate_tps=50, pings=pings)
+    ran, turns, _ = converse([answer], 1, "--stall-timeout", "1")
+    rows, _ = measured(ran)
+    assert turns[0]["status"] == "ok" and turns[0]["content"] == ("cat " * 20).strip()
+    # the role chunk, 20 tokens, the finish and [DONE]: no ping among them
+    assert len(turns[0]["chunks"]) == 23 and not any("ping" in c[1] for c in turns[0]["chunks"])
+    assert rows[0]["ttft_s"] == pytest.approx(0.3, abs=0.03)
+    assert rows[0]["completion_tokens"] == 20 and rows[0]["decode_tps"] == pytest.approx(50, rel=0.1)

@@ -177,7 +177,8 @@ def test_the_ceiling_is_the_context_breaking_not_any_failure():
                    {"status": "error", "error_kind": "context_overflow", "prompt_tokens": 2100,
                     "prompt_tokens_source": "server"})
     assert measure.ceiling(rows) == {"turn": 5, "context_tokens": 2100, "reason": "context_overflow",
-                                     "last_ok_context_tokens": 1900, "over_window_tokens": None}
+                                     "last_ok_context_tokens": 1900, "over_window_tokens": None,
+                                     "overflow_tokens": None}
     assert measure.ceiling(rows[:4]) is None
 
 
@@ -217,3 +218,31 @@ def test_overflow_bodies_give_the_prompt_size():
     assert measure.overflow_prompt_tokens("However, you requested 5000 tokens (4000 in the messages, "
                                           "1000 in the completion).") == 4000
     assert measure.overflow_prompt_tokens("no numbers here") is None
+
+
+@pytest.mark.parametrize("body, n", [
+    ('{"error":{"code":400,"message":"request (909 tokens) exceeds the available context size (512 tokens), '
+     'try increasing it","type":"exceed_context_size_error","n_prompt_tokens":909,"n_ctx":512}}', 909),
+    ('{"object":"error","message":"This model\'s maximum context length is 512 tokens. However, your request has '
+     'at least 513 input tokens. Please reduce the length of the input messages.","code":400}', 513),
+    ("This model's maximum context length is 4096 tokens. However, you requested 5000 tokens (4000 in the "
+     "messages, 1000 in the completion).", 5000),
+    ('{"error": {"n_prompt_tokens": 77}}', 77),
+    ("the context window is full", None),
+    (None, None),
+])
+def test_overflow_bodies_give_the_servers_own_count(body, n):
+    assert measure.overflow_tokens(body) == n
+
+
+def test_a_refused_request_is_over_a_known_window_whatever_the_counts():
+    rows = rows_of({"status": "ok", "context_tokens": 480},
+                   {"status": "error", "error_kind": "context_overflow", "prompt_tokens": 909,
+                    "prompt_tokens_source": "server", "overflow_tokens": 909})
+    c = measure.ceiling(rows, window=512)
+    assert (c["context_tokens"], c["over_window_tokens"], c["overflow_tokens"]) == (909, 512, 909)
+    assert measure.ceiling(rows)["over_window_tokens"] is None          # the window unknown
+    # an answer cut by a full window did fit in it: that is no request over it
+    cut = rows_of({"status": "error", "error_kind": "context_overflow", "finish_reason": "length",
+                   "context_tokens": 512})
+    assert measure.ceiling(cut, window=512)["over_window_tokens"] is None
