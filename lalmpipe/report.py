@@ -82,7 +82,7 @@ def _recall_cell(d: dict) -> str:
 
 
 # the depth table: its heading, the field whose format it takes, how to get it
-DEPTH_COLUMNS = (("depth", "context_tokens", lambda d: d["context_tokens"]),
+DEPTH_COLUMNS = (("depth", None, lambda d: _approx(_cell(d["context_tokens"]), ESTIMATED["context_tokens"](d))),
                  ("turn", None, lambda d: d["turn"]),
                  ("TTFT s", "ttft_s", lambda d: d["ttft_s"]),
                  ("prefill tok/s", "prefill_tps", lambda d: d["prefill_tps"]),
@@ -394,8 +394,9 @@ def depths_only(reports: list[dict], fmt: str) -> str:
     return "\n".join([title, ""] + text_table(table, right=True) + ([""] + legend if legend else [])) + "\n"
 
 
-DEPTH_CSV_FIELDS = ("run_id", "model", "prefill", "turn", "prompt_id", "context_tokens", "context_tokens_est", "ttft_s", "prefill_tps",
-       "cached_share", "decode_tps", "reasoning_tokens", "probes", "recalled")
+DEPTH_CSV_FIELDS = ("run_id", "model", "prefill", "turn", "prompt_id", "context_tokens", "context_tokens_source",
+                    "context_tokens_est", "ttft_s", "prefill_tps", "cached_share", "decode_tps",
+                    "reasoning_tokens", "probes", "recalled")
 
 
 def write_depths_csv(reports: list[dict], stream) -> None:

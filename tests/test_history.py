@@ -344,10 +344,12 @@ def test_runs_over_one_history_are_compared_depth_by_depth(recording, facts):
                                         cell(r["decode_tps"], ".1f"), recall)]
     assert lines[6:] == [f"[1] run {runs[0]}: scripted, cold", f"[2] run {runs[1]}: scripted, warm"]
     csv_rows = run_main(report.main, ["--depths", "--format", "csv"], cold + warm).out.splitlines()
-    assert csv_rows[0] == ("run_id,model,prefill,turn,prompt_id,context_tokens,context_tokens_est,ttft_s,"
-                           "prefill_tps,cached_share,decode_tps,reasoning_tokens,probes,recalled")
-    assert [row.split(",")[:7] for row in csv_rows[1:]] == [
-        [run, "scripted", kind, str(r["turn"]), str(r["turn"]), str(r["context_tokens"]), str(r["context_tokens_est"])]
+    assert csv_rows[0] == ("run_id,model,prefill,turn,prompt_id,context_tokens,context_tokens_source,"
+                           "context_tokens_est,ttft_s,prefill_tps,cached_share,decode_tps,reasoning_tokens,"
+                           "probes,recalled")
+    assert [row.split(",")[:8] for row in csv_rows[1:]] == [
+        [run, "scripted", kind, str(r["turn"]), str(r["turn"]), str(r["context_tokens"]), "server",
+         str(r["context_tokens_est"])]
         for run, kind, rs in ((runs[0], "cold", cold_rows), (runs[1], "warm", warm_rows)) for r in rs]
     md = run_main(report.main, ["--depths", "--format", "markdown"], cold + warm).out
     assert md.count("\n| 3 | ") == md.count("\n| 6 | ") == 1 and f"- [2] run {runs[1]}: scripted, warm" in md
@@ -378,3 +380,13 @@ def test_make_depth_runs_the_chosen_turns_and_keeps_the_depth_table(tmp_path):
     usage = subprocess.run(["make", "-s", "-o", "install", "depth", f"BIN={ROOT}/bin"], cwd=ROOT,
                            capture_output=True, text=True)
     assert usage.returncode == 2 and usage.stderr.startswith("usage: make depth HISTORY=recording.jsonl AT=")
+
+
+def test_depths_a_server_did_not_count_are_the_clients_marked_as_estimates(recording):
+    with ForkedServer(model("B")) as srv:                   # no usage
+        ran, _ = chat_with(srv, "--history", str(recording[0]), "--at", "3,6")
+    rows, out = measured(ran)
+    text = run_main(report.main, [], out.out).out
+    assert "depth in client estimates" in text.splitlines()[2]
+    table = text.split("after the turn)\n\n")[1].split("\n\n")[0].splitlines()[1:]
+    assert [line.split()[:3] for line in table] == [["≈", str(r["context_tokens_est"]), str(r["turn"])] for r in rows]
