@@ -299,8 +299,13 @@ def main(argv=None) -> int:
 def run(args) -> int:
     """Run a command beside a server that is stopped however the command ends."""
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    received = []
 
     def interrupted(signum, frame):
+        # once only: a second Ctrl-C must not cut the stopping short and leave a server behind
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        received.append(signum)
         raise KeyboardInterrupt
     # explicit, so that a wrapper started in the background (SIGINT ignored) still stops
     signal.signal(signal.SIGTERM, interrupted)
@@ -308,15 +313,35 @@ def run(args) -> int:
     child = None
     try:
         with LocalServer(args.model, ctx=args.ctx, port=args.port) as srv:
-            env = dict(os.environ, OPENAI_BASE_URL=srv.base_url)
-            child = subprocess.Popen(cmd, env=env)
-            say(f"llama-server ({args.model}) at {srv.base_url}")
-            return child.wait()
-    except KeyboardInterrupt:
-        if child is not None:
-            child.terminate()
-            child.wait()
+            try:
+                env = dict(os.environ, OPENAI_BASE_URL=srv.base_url)
+                # a process group of its own: every process of the command (a pipeline, make's
+                # children) is told to stop, and before the server goes, so none records its loss
+                child = subprocess.Popen(cmd, env=env, process_group=0)
+                say(f"llama-server ({args.model}) at {srv.base_url}")
+                return child.wait()
+            except KeyboardInterrupt:
+                if child is not None:
+                    end_group(child, received[0])
+                return 130
+    except KeyboardInterrupt:     # while the server was loading
         return 130
+
+
+def end_group(child: subprocess.Popen, signum: int, grace_s: float = 10.0) -> None:
+    """Pass the signal to the child's process group; kill what is left after the grace."""
+    try:
+        os.killpg(child.pid, signum)
+        child.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    except ProcessLookupError:
+        return
+    try:
+        os.killpg(child.pid, signal.SIGKILL)      # the group may outlive its leader
+    except ProcessLookupError:
+        pass
+    child.wait()
 
 
 if __name__ == "__main__":

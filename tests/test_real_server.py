@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -120,6 +121,49 @@ def test_the_demo_wrapper_stops_its_server_however_it_ends(sig):
     assert proc.wait(20) == 130
     with pytest.raises(OSError):
         urllib.request.urlopen(url.replace("/v1", "/health"), timeout=2)
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as fp:
+        return [int(c) for c in fp.read().split()]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fp:
+            return fp.read().rsplit(")", 1)[1].split()[0] == "Z"     # a zombie is gone
+    except FileNotFoundError:
+        return True
+
+
+def test_a_second_signal_while_the_wrapper_stops_leaves_nothing_running():
+    """Ctrl-C twice: the second arrives while the server is still stopping (here
+    it is held stopped, as a busy server finishing a prompt is slow to go). The
+    server and every process of the command, a pipeline's included, still end."""
+    proc = subprocess.Popen([sys.executable, "-m", "lalmpipe.localserver", "run", "--model", "smollm2-135m",
+                             "--", "sh", "-c", "sleep 61.25 | cat"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc.stderr.readline()
+    server, command = sorted(_children(proc.pid), key=lambda c: "llama-server" not in open(f"/proc/{c}/cmdline").read())
+    deadline = time.monotonic() + 5
+    while len(pipeline := _children(command)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(pipeline) == 2
+    os.kill(server, signal.SIGSTOP)        # held: it cannot act on a polite stop
+    try:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+        deadline = time.monotonic() + 5
+        while not all(map(_gone, [server, command, *pipeline])) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [p for p in (server, command, *pipeline) if not _gone(p)] == []
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        for p in (server, *pipeline):
+            if not _gone(p):
+                os.kill(p, signal.SIGKILL)
 
 
 def test_a_failing_command_still_stops_the_server():
