@@ -88,7 +88,8 @@ depth: install
 	    --history $(HISTORY) --at $(AT) --max-tokens $(MAX_TOKENS) --output $$name.jsonl $(CHAT_ARGS) \
 	| $(BIN)/lalm-metrics > $$name.metrics.jsonl; \
 	$(BIN)/lalm-report $(REPORT_ARGS) $$name.metrics.jsonl; \
-	echo "recording $$name.jsonl, metrics $$name.metrics.jsonl" >&2
+	$(BIN)/lalm-report --depths --format markdown $(REPORT_ARGS) $$name.metrics.jsonl > $$name.depths.md; \
+	echo "recording $$name.jsonl, metrics $$name.metrics.jsonl, depth table $$name.depths.md" >&2
 
 report: install
 	@test -n "$(RUN)" || { echo "usage: make report RUN=logs/lalm_benchmark_run_<timestamp>.jsonl" >&2; exit 2; }

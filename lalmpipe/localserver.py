@@ -393,11 +393,11 @@ class LocalServer:
         self.stop()
 
 
-def stop_group(pid: int, grace_s: float = 10.0) -> bool:
-    """SIGTERM the process group a server leads, SIGKILL it if it outlives grace_s;
-    False if it was gone already."""
+def stop_group(pid: int, grace_s: float = 10.0, signum: int = signal.SIGTERM) -> bool:
+    """Signal the process group a process leads (a server, or the command run beside
+    one), SIGKILL it if it outlives grace_s; False if it was gone already."""
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, signum)
     except ProcessLookupError:
         return False
     deadline = time.monotonic() + grace_s
@@ -495,8 +495,13 @@ def main(argv=None) -> int:
 def run(args) -> int:
     """Run a command beside a server that is stopped however the command ends."""
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    received = []
 
     def interrupted(signum, frame):
+        # once only: a second Ctrl-C must not cut the stopping short and leave a server behind
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        received.append(signum)
         raise KeyboardInterrupt
     # explicit, so that a wrapper started in the background (SIGINT ignored) still stops
     signal.signal(signal.SIGTERM, interrupted)
@@ -506,14 +511,18 @@ def run(args) -> int:
         srv = LocalServer(args.model, ctx=args.ctx, port=args.port, engine=args.engine)
         prepare(srv.engine, srv.model)
         with srv:
-            env = dict(os.environ, OPENAI_BASE_URL=srv.base_url)
-            child = subprocess.Popen(cmd, env=env)
-            say(f"{srv.engine.program} ({srv.model.alias}) at {srv.base_url}")
-            return child.wait()
-    except KeyboardInterrupt:
-        if child is not None:
-            child.terminate()
-            child.wait()
+            try:
+                env = dict(os.environ, OPENAI_BASE_URL=srv.base_url)
+                # a process group of its own: every process of the command (a pipeline, make's
+                # children) is told to stop, and before the server goes, so none records its loss
+                child = subprocess.Popen(cmd, env=env, process_group=0)
+                say(f"{srv.engine.program} ({srv.model.alias}) at {srv.base_url}")
+                return child.wait()
+            except KeyboardInterrupt:
+                if child is not None:
+                    stop_group(child.pid, signum=received[0])
+                return 130
+    except KeyboardInterrupt:     # while the server was prepared or loading
         return 130
 
 

@@ -392,3 +392,20 @@ def memory(rows: list[Metrics], recalls: list[Recall], window: int | None,
         "empty_answers": sum(1 for r in ok if r.empty_answer),
         "hit_max_tokens": sum(1 for r in ok if r.hit_max_tokens),
     }
+
+
+def depths(rows: list[Metrics], recalls: list[Recall]) -> list[dict]:
+    """One row per measured turn, in the form of llama-bench's depth runs: the
+    context it was sent at, its prefill and decode speed, the share of the
+    prompt the server's cache served, its reasoning, and the recall of the
+    probes asked after it (every fact stated so far, whatever its age)."""
+    asked: dict[int, list[Recall]] = {}
+    for r in recalls:
+        asked.setdefault(r.after_turn, []).append(r)
+    return [{"turn": r.turn, "prompt_id": r.prompt_id, "context_tokens": r.context_tokens,
+             "context_tokens_source": r.context_tokens_source, "context_tokens_est": r.context_tokens_est, "ttft_s": r.ttft_s,
+             "prefill_tps": r.prefill_tps, "cached_share": r3(_ratio(r.cached_tokens, r.prompt_tokens)),
+             "decode_tps": r.decode_tps, "reasoning_tokens": r.reasoning_tokens,
+             "probes": len(asked.get(r.turn, [])),
+             "recalled": sum(1 for p in asked.get(r.turn, []) if p.correct)}
+            for r in rows if r.status == "ok"]

@@ -1,7 +1,7 @@
 """lalm-report: summarise one or more runs: text, JSON, Markdown, CSV or an HTML page.
 
 Usage:
-    lalm-report [--format text|json|markdown|csv|html] [--texts RECORDING] [FILE ...]
+    lalm-report [--format text|json|markdown|csv|html] [--depths] [--texts RECORDING] [FILE ...]
 
 Reads `run` and `metrics` records (the output of lalm-metrics) and tells how
 speed and reasoning changed as the context grew, and where the context broke.
@@ -63,7 +63,69 @@ def analyse(group: dict, min_fact_age: int = measure.MIN_FACT_AGE_TURNS) -> dict
     return {"run": run.to_dict() if run else None, "summary": summary,
             "reasoning": measure.reasoning_summary(rows), "tiers": measure.by_tier(rows),
             "ceiling": measure.ceiling(rows, window, estimated),
-            "memory": measure.memory(rows, recalls, window, min_fact_age), "turns": [r.to_dict() for r in rows]}
+            "memory": measure.memory(rows, recalls, window, min_fact_age),
+            "depths": measure.depths(rows, recalls), "turns": [r.to_dict() for r in rows]}
+
+
+def chose_depths(report: dict) -> bool:
+    """Whether the run was sent only chosen turns (lalm-chat --at or --every)."""
+    settings = (report["run"] or {}).get("settings") or {}
+    return bool(settings.get("at") or settings.get("every"))
+
+
+def _prefill_kind(report: dict) -> str:
+    return "cold" if ((report["run"] or {}).get("settings") or {}).get("cold") else "warm"
+
+
+def _recall_cell(d: dict) -> str:
+    return f"{d['recalled']}/{d['probes']}" if d["probes"] else "-"
+
+
+# the depth table: its heading, the field whose format it takes, how to get it
+DEPTH_COLUMNS = (("depth", None, lambda d: _approx(_cell(d["context_tokens"]), ESTIMATED["context_tokens"](d))),
+                 ("turn", None, lambda d: d["turn"]),
+                 ("TTFT s", "ttft_s", lambda d: d["ttft_s"]),
+                 ("prefill tok/s", "prefill_tps", lambda d: d["prefill_tps"]),
+                 ("cached", None, lambda d: None if d["cached_share"] is None else f"{d['cached_share']:.0%}"),
+                 ("decode tok/s", "decode_tps", lambda d: d["decode_tps"]),
+                 ("reason tok", None, lambda d: d["reasoning_tokens"]),
+                 ("recall", None, _recall_cell))
+# per run in a comparison of depths
+DEPTH_COMPARED = DEPTH_COLUMNS[2:4] + DEPTH_COLUMNS[5:6] + DEPTH_COLUMNS[7:]
+
+
+def depth_title(report: dict) -> str:
+    s = report["summary"]
+    unit = "" if s["context_source"] == "server" else ", depth in client estimates"
+    return (f"Depths ({_prefill_kind(report)}: "
+            + ("every measured turn a full prefill" if _prefill_kind(report) == "cold"
+               else "the server's prefix cache served the share cached")
+            + f"{unit}; recall: facts recalled of those asked after the turn)")
+
+
+def depth_rows(report: dict) -> list[list[str]]:
+    """The depth table of one run, heading first."""
+    return [[h for h, _, _ in DEPTH_COLUMNS]] + \
+        [[_cell(get(d), field) for _, field, get in DEPTH_COLUMNS] for d in report["depths"]]
+
+
+def depth_comparison(reports: list[dict]) -> tuple[list[list[str]], list[str]]:
+    """The runs' depths side by side, heading first, one row per turn any run
+    measured; the depth is the client's cl100k count, the same for every
+    server over a shared history. Also the legend of the numbered runs."""
+    by_turn = [{d["turn"]: d for d in r["depths"]} for r in reports]
+    turns = sorted(set().union(*by_turn))
+    head = ["turn", "depth (cl100k)"] + [f"{h} [{i}]" for i in range(1, len(reports) + 1)
+                                         for h, _, _ in DEPTH_COMPARED]
+    rows = []
+    for t in turns:
+        est = sorted({m[t]["context_tokens_est"] for m in by_turn if t in m} - {None})
+        depth = "-" if not est else f"{est[0]}" if len(est) == 1 else f"{est[0]}-{est[-1]}"
+        rows.append([str(t), depth] + [_cell(get(m[t]), field) if t in m else "-"
+                                       for m in by_turn for _, field, get in DEPTH_COMPARED])
+    legend = [f"[{i}] run {(r['run'] or {}).get('run_id', '?')}: {(r['run'] or {}).get('model') or '?'}, "
+              f"{_prefill_kind(r)}" for i, r in enumerate(reports, 1)]
+    return [head] + rows, legend
 
 
 def _summary(field: str) -> tuple:
@@ -290,7 +352,10 @@ def _bands(rows: list[dict], name, unit: str) -> str:
 def text(report: dict) -> str:
     run = report["run"] or {}
     lines = [f"{run.get('model', '?')} at {run.get('base_url', '?')} (run {run.get('run_id', '?')})", ""]
-    lines += text_table([[HEADINGS[c] for c in COLUMNS]] + [_row(r) for r in report["turns"]], right=True)
+    if chose_depths(report):
+        lines += [depth_title(report), ""] + text_table(depth_rows(report), right=True)
+    else:
+        lines += text_table([[HEADINGS[c] for c in COLUMNS]] + [_row(r) for r in report["turns"]], right=True)
     lines.append("")
     lines += [f"{label:<13}{sentence}" for label, sentence in summary_lines(report)]
     return "\n".join(lines) + "\n"
@@ -307,9 +372,42 @@ def markdown(report: dict, plot_path: str | None = None) -> str:
                     [[_cell(t[k], k) for k, _ in TIER_COLUMNS] for t in report["tiers"]])
     if plot_path:
         out += ["", f"![context growth]({plot_path})"]
-    out += ["", "## Turns", ""]
-    out += md_table([HEADINGS[c] for c in COLUMNS], [_row(r) for r in report["turns"]])
+    if chose_depths(report):
+        table = depth_rows(report)
+        out += ["", "## Depths", "", depth_title(report) + ".", ""] + md_table(table[0], table[1:])
+    else:
+        out += ["", "## Turns", ""]
+        out += md_table([HEADINGS[c] for c in COLUMNS], [_row(r) for r in report["turns"]])
     return "\n".join(out) + "\n"
+
+
+def depths_only(reports: list[dict], fmt: str) -> str:
+    """Only the depth table (--depths): one run's, or the runs' side by side."""
+    if len(reports) == 1:
+        title, table, legend = depth_title(reports[0]), depth_rows(reports[0]), []
+    else:
+        title = f"Depths; history {history_sentence(reports)}"
+        table, legend = depth_comparison(reports)
+    if fmt == "markdown":
+        return "\n".join([title + ".", ""] + md_table(table[0], table[1:])
+                         + ([""] + [f"- {line}" for line in legend] if legend else [])) + "\n"
+    return "\n".join([title, ""] + text_table(table, right=True) + ([""] + legend if legend else [])) + "\n"
+
+
+DEPTH_CSV_FIELDS = ("run_id", "model", "prefill", "turn", "prompt_id", "context_tokens", "context_tokens_source",
+                    "context_tokens_est", "ttft_s", "prefill_tps", "cached_share", "decode_tps",
+                    "reasoning_tokens", "probes", "recalled")
+
+
+def write_depths_csv(reports: list[dict], stream) -> None:
+    """One row per run and measured turn: the long form, for a spreadsheet to pivot."""
+    w = csv.DictWriter(stream, fieldnames=DEPTH_CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for rep in reports:
+        run = rep["run"] or {}
+        for d in rep["depths"]:
+            w.writerow({"run_id": run.get("run_id"), "model": run.get("model"),
+                        "prefill": _prefill_kind(rep), **d})
 
 
 def write_csv(reports: list[dict], stream) -> None:
@@ -336,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-fact-age", type=non_negative_int, default=measure.MIN_FACT_AGE_TURNS, metavar="N",
                    help="count toward the effective context only facts stated at least N turns "
                         "before they were asked (default: %(default)s)")
+    p.add_argument("--depths", action="store_true",
+                   help="print only the depth table: one row per measured turn (lalm-chat --at), "
+                        "several runs side by side (text, markdown or csv)")
     p.add_argument("--plot", type=file_ending(*PLOT_FILES), metavar="FILE", help="also draw the run(s) against context size "
                    "(.png or .svg; needs matplotlib)")
     add_common_args(p)
@@ -345,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
 def work(args, stdin, stdout, stderr) -> int:
     if args.texts and args.format != "html":
         raise UsageError("--texts goes with --format html")
+    if args.depths and args.format not in ("text", "markdown", "csv"):
+        raise UsageError("--depths goes with --format text, markdown or csv")
     if "-" in args.texts:
         raise UsageError("--texts needs a file: stdin carries the metrics")
     hint = "pipe the recording through lalm-metrics first"
@@ -360,7 +463,7 @@ def work(args, stdin, stdout, stderr) -> int:
         from .page import write_page
         write_page(reports, args.texts, stdout, None if args.quiet else stderr)
     else:
-        emit(reports, args.format, stdout, args.plot)
+        emit(reports, args.format, stdout, args.plot, args.depths)
     return ExitCode.OK
 
 
@@ -368,9 +471,13 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
     return run_command(PROG, build_parser(), argv, stdin, stdout, stderr, work)
 
 
-def emit(reports: list[dict], fmt: str, stdout, plot_path: str | None = None) -> None:
+def emit(reports: list[dict], fmt: str, stdout, plot_path: str | None = None, depths: bool = False) -> None:
     several = len(reports) > 1
-    if fmt == "json":
+    if depths and fmt == "csv":
+        write_depths_csv(reports, stdout)
+    elif depths:
+        stdout.write(depths_only(reports, fmt))
+    elif fmt == "json":
         doc = {"runs": reports, "comparison": comparison(reports)} if several else reports[0]
         stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     elif fmt == "csv":
@@ -387,5 +494,7 @@ def emit(reports: list[dict], fmt: str, stdout, plot_path: str | None = None) ->
         if several:
             parts.append("Comparison\n\n" + "\n".join(text_table(comparison(reports), right=False))
                          + f"\n\nHistory      {history_sentence(reports)}\n")
+            if any(chose_depths(r) for r in reports):
+                parts.append(depths_only(reports, "text"))
         stdout.write("\n".join(parts))
     stdout.flush()

@@ -9,7 +9,7 @@ from conftest import prompts_jsonl, run_main
 from lalmpipe import chat, metrics, report, tokens
 from lalmpipe.history import digest
 from lalmpipe.replay import Script
-from scripted import FACTS, ForkedServer, sse
+from scripted import FACTS, ForkedServer, scripted_model, sse
 
 PROMPTS = [f"Question number {i} about the mix?" for i in range(1, 11)]
 LLAMA_CPP = {"/props": {"default_generation_settings": {"n_ctx": 8192}}}
@@ -281,3 +281,112 @@ def test_resume_refuses_another_history_or_one_the_run_did_not_have(recording, t
     assert swapped.err.startswith(f"lalm-chat: error: --resume: {other} is not the history the run used "
                                   "(sha256 ") and swapped.err.endswith(f", not {used[:12]})\n")
     assert added.err == "lalm-chat: error: --resume: the run was made without --history; resume it without\n"
+
+
+def cell(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def depth_run(path, facts, *args):
+    """A run over the recorded history at turns 3 and 6, probed after each, on a
+    llama.cpp-like scripted model whose prompts count 100 tokens a message and which
+    forgets at 1,000: its lalm-metrics output and its metrics records."""
+    with ForkedServer(scripted_model, routes=LLAMA_CPP) as srv:
+        ran, _ = chat_with(srv, "--history", str(path), "--at", "3,6", "--probe-every", "1",
+                           "--facts", str(facts), *args)
+    assert ran.code == 0, ran.err
+    rows, out = measured(ran)
+    return out.out, rows
+
+
+@pytest.fixture
+def facts(tmp_path):
+    path = tmp_path / "facts.json"
+    path.write_text(json.dumps(FACTS))
+    return path
+
+
+def test_the_depth_table_has_a_row_per_measured_turn_with_the_recall_asked_after_it(recording, facts):
+    out, rows = depth_run(recording[0], facts)
+    # turn 3: 3 prompts and 2 answers (500 tokens), the probes right (700 < 1,000);
+    # turn 6: 11 messages, the probes wrong (1,300)
+    assert [(r["turn"], r["prompt_tokens"], r["context_tokens"]) for r in rows] == [(3, 500, 505), (6, 1100, 1105)]
+    text = run_main(report.main, [], out).out
+    tps = [cell(r[k], ".1f") for r in rows for k in ("prefill_tps", "decode_tps")]
+    assert ("Depths (warm: the server's prefix cache served the share cached; recall: facts recalled "
+            "of those asked after the turn)") in text
+    table = text.split("after the turn)\n\n")[1].split("\n\n")[0].splitlines()
+    assert [line.split() for line in table] == [
+        ["depth", "turn", "TTFT", "s", "prefill", "tok/s", "cached", "decode", "tok/s", "reason", "tok", "recall"],
+        ["505", "3", format(rows[0]["ttft_s"], ".3f"), tps[0], "-", tps[1], "0", "2/2"],
+        ["1105", "6", format(rows[1]["ttft_s"], ".3f"), tps[2], "-", tps[3], "0", "0/2"]]
+    assert "turn          tier  status" not in text               # the depth table stands for the turns
+    md = run_main(report.main, ["--format", "markdown"], out).out
+    assert "## Depths" in md and f"| 505 | 3 | {format(rows[0]['ttft_s'], '.3f')} | {tps[0]} | - |" in md
+    doc = json.loads(run_main(report.main, ["--format", "json"], out).out)
+    assert [(d["turn"], d["context_tokens"], d["probes"], d["recalled"]) for d in doc["depths"]] == [
+        (3, 505, 2, 2), (6, 1105, 2, 0)]
+
+
+def test_runs_over_one_history_are_compared_depth_by_depth(recording, facts):
+    (cold, cold_rows), (warm, warm_rows) = depth_run(recording[0], facts, "--cold"), depth_run(recording[0], facts)
+    runs = [json.loads(o.splitlines()[0])["run_id"] for o in (cold, warm)]
+    text = run_main(report.main, ["--depths"], cold + warm).out
+    lines = text.splitlines()
+    assert lines[0].startswith("Depths; history shared: both runs were sent the answers of run ")
+    assert lines[2].split() == ["turn", "depth", "(cl100k)"] + ["TTFT", "s", "[1]", "prefill", "tok/s", "[1]",
+                                                               "decode", "tok/s", "[1]", "recall", "[1]"] \
+        + ["TTFT", "s", "[2]", "prefill", "tok/s", "[2]", "decode", "tok/s", "[2]", "recall", "[2]"]
+    for line, c, w, recall in zip(lines[3:5], cold_rows, warm_rows, ("2/2", "0/2")):
+        assert c["context_tokens_est"] == w["context_tokens_est"]          # the same messages (cache_prompt)
+        assert line.split() == [str(c["turn"]), str(c["context_tokens_est"])] + [
+            x for r in (c, w) for x in (cell(r["ttft_s"], ".3f"), cell(r["prefill_tps"], ".1f"),
+                                        cell(r["decode_tps"], ".1f"), recall)]
+    assert lines[6:] == [f"[1] run {runs[0]}: scripted, cold", f"[2] run {runs[1]}: scripted, warm"]
+    csv_rows = run_main(report.main, ["--depths", "--format", "csv"], cold + warm).out.splitlines()
+    assert csv_rows[0] == ("run_id,model,prefill,turn,prompt_id,context_tokens,context_tokens_source,"
+                           "context_tokens_est,ttft_s,prefill_tps,cached_share,decode_tps,reasoning_tokens,"
+                           "probes,recalled")
+    assert [row.split(",")[:8] for row in csv_rows[1:]] == [
+        [run, "scripted", kind, str(r["turn"]), str(r["turn"]), str(r["context_tokens"]), "server",
+         str(r["context_tokens_est"])]
+        for run, kind, rs in ((runs[0], "cold", cold_rows), (runs[1], "warm", warm_rows)) for r in rs]
+    md = run_main(report.main, ["--depths", "--format", "markdown"], cold + warm).out
+    assert md.count("\n| 3 | ") == md.count("\n| 6 | ") == 1 and f"- [2] run {runs[1]}: scripted, warm" in md
+    refused = run_main(report.main, ["--depths", "--format", "json"], cold)
+    assert refused.code == 2 and refused.err.endswith("--depths goes with --format text, markdown or csv\n")
+
+
+def test_make_depth_runs_the_chosen_turns_and_keeps_the_depth_table(tmp_path):
+    import subprocess
+    from conftest import ROOT
+    from test_replay import start_replay, stop
+    example = f"{ROOT}/docs/examples/smollm2.jsonl"
+    proc, url = start_replay(example, "--speed", "0")
+    try:
+        done = subprocess.run(["make", "-s", "-o", "install", "depth", f"BIN={ROOT}/bin", f"BASE_URL={url}",
+                               f"HISTORY={example}", "AT=2,8", "MAX_TOKENS=96", f"LOGS={tmp_path}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        stop(proc)
+    assert done.returncode == 0, done.stderr
+    [table] = tmp_path.glob("lalm_depth_run_*.depths.md")
+    [rows] = tmp_path.glob("lalm_depth_run_*.metrics.jsonl")
+    metrics_rows = [r for r in map(json.loads, rows.read_text().splitlines()) if r["kind"] == "metrics"]
+    assert [r["turn"] for r in metrics_rows] == [2, 8]
+    assert [line.split(" | ")[:2] for line in table.read_text().splitlines()[4:]] == [
+        [f"| {r['context_tokens']}", str(r["turn"])] for r in metrics_rows]
+    assert "Depths (warm: " in done.stdout and f"depth table {table}" in done.stderr
+    usage = subprocess.run(["make", "-s", "-o", "install", "depth", f"BIN={ROOT}/bin"], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: make depth HISTORY=recording.jsonl AT=")
+
+
+def test_depths_a_server_did_not_count_are_the_clients_marked_as_estimates(recording):
+    with ForkedServer(model("B")) as srv:                   # no usage
+        ran, _ = chat_with(srv, "--history", str(recording[0]), "--at", "3,6")
+    rows, out = measured(ran)
+    text = run_main(report.main, [], out.out).out
+    assert "depth in client estimates" in text.splitlines()[2]
+    table = text.split("after the turn)\n\n")[1].split("\n\n")[0].splitlines()[1:]
+    assert [line.split()[:3] for line in table] == [["≈", str(r["context_tokens_est"]), str(r["turn"])] for r in rows]

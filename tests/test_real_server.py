@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -122,6 +123,49 @@ def test_the_demo_wrapper_stops_its_server_however_it_ends(sig):
         urllib.request.urlopen(url.replace("/v1", "/health"), timeout=2)
 
 
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as fp:
+        return [int(c) for c in fp.read().split()]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fp:
+            return fp.read().rsplit(")", 1)[1].split()[0] == "Z"     # a zombie is gone
+    except FileNotFoundError:
+        return True
+
+
+def test_a_second_signal_while_the_wrapper_stops_leaves_nothing_running():
+    """Ctrl-C twice: the second arrives while the server is still stopping (here
+    it is held stopped, as a busy server finishing a prompt is slow to go). The
+    server and every process of the command, a pipeline's included, still end."""
+    proc = subprocess.Popen([sys.executable, "-m", "lalmpipe.localserver", "run", "--model", "smollm2-135m",
+                             "--", "sh", "-c", "sleep 61.25 | cat"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc.stderr.readline()
+    server, command = sorted(_children(proc.pid), key=lambda c: "llama-server" not in open(f"/proc/{c}/cmdline").read())
+    deadline = time.monotonic() + 5
+    while len(pipeline := _children(command)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(pipeline) == 2
+    os.kill(server, signal.SIGSTOP)        # held: it cannot act on a polite stop
+    try:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+        deadline = time.monotonic() + 5
+        while not all(map(_gone, [server, command, *pipeline])) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [p for p in (server, command, *pipeline) if not _gone(p)] == []
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        for p in (server, *pipeline):
+            if not _gone(p):
+                os.kill(p, signal.SIGKILL)
+
+
 def test_a_failing_command_still_stops_the_server():
     p = subprocess.run([sys.executable, "-m", "lalmpipe.localserver", "run", "--model", "smollm2-135m", "--", "sh", "-c",
                         "curl -sf $OPENAI_BASE_URL/models > /dev/null && exit 3"],
@@ -171,9 +215,9 @@ EXAMPLE = os.path.join(ROOT, "docs", "examples", "smollm2.jsonl")
 def test_a_fixed_history_at_two_depths_warm_and_cold(server, api_key):
     """The shipped recording's answers as the history, turns 2 and 8 sent: a cold
     request is a full prefill, a warm one reuses the prefix the first left."""
-    rows = {}
+    rows, outs = {}, {}
     for cold in (True, False):
-        turns, rows[cold], _ = pipeline(server, 8, "--history", EXAMPLE, "--at", "2,8", "--max-tokens", "24",
+        turns, rows[cold], outs[cold] = pipeline(server, 8, "--history", EXAMPLE, "--at", "2,8", "--max-tokens", "24",
                                         "--temperature", "0", *(["--cold"] if cold else []))
         assert [(t["turn"], t["cold"]) for t in turns[1:]] == [(2, "cache_prompt" if cold else None),
                                                               (8, "cache_prompt" if cold else None)]
@@ -189,5 +233,15 @@ def test_a_fixed_history_at_two_depths_warm_and_cold(server, api_key):
     assert second["cached_tokens"] >= first["prompt_tokens"] - 4
     # the same history either way: the server counted the same prompts
     assert [r["prompt_tokens"] for r in rows[True]] == [r["prompt_tokens"] for r in rows[False]]
+    # the depth table: a row per measured turn at the server's count, the two runs side by side
+    table = run_main(report.main, ["--depths"], outs[True] + outs[False]).out.splitlines()
+    assert table[0].startswith("Depths; history shared: both runs were sent the answers of run ")
+    assert [line.split()[:3] for line in table[3:5]] == [
+        [str(c["turn"]), str(c["context_tokens_est"]), format(c["ttft_s"], ".3f")] for c in rows[True]]
+    for cold, kind in ((True, "cold"), (False, "warm")):
+        own = run_main(report.main, [], outs[cold]).out
+        assert own.splitlines()[2].startswith(f"Depths ({kind}: ")
+        depths = [line.split()[:2] for line in own.split("after the turn)\n\n")[1].splitlines()[1:3]]
+        assert depths == [[str(r["prompt_tokens"] + r["completion_tokens"]), str(r["turn"])] for r in rows[cold]]
     print("cold vs warm TTFT at turn 8:", rows[True][1]["ttft_s"], rows[False][1]["ttft_s"],
           "prefill tok/s:", rows[True][1]["prefill_tps"], rows[False][1]["prefill_tps"])
