@@ -48,6 +48,14 @@ def _draw(reports: list[dict], save) -> None:
             plt.close(fig)
 
 
+def context_label(reports: list[dict]) -> str:
+    """The context axis, saying whose counts it shows."""
+    estimated = [r["summary"]["context_source"] != "server" for r in reports]
+    whose = "" if not any(estimated) else ", client cl100k estimates" if all(estimated) \
+        else ", client cl100k estimates for the runs the server did not count"
+    return f"context tokens (prompt + completion{whose})"
+
+
 def _figure(plt, reports: list[dict]):
     with_memory = any(r.get("memory") for r in reports)
     rows = 4 if with_memory else 2
@@ -71,7 +79,7 @@ def _figure(plt, reports: list[dict]):
         _heatmap(axes[2][1], reports[0])
         _by_distance(axes[3][1], reports)
     for ax in axes[-1]:
-        ax.set_xlabel("context tokens (prompt + completion)")
+        ax.set_xlabel(context_label(reports))
     if with_memory:
         axes[3][1].set_xlabel("tokens since the fact was stated")
     if len(reports) > 1 or any(r["ceiling"] for r in reports):

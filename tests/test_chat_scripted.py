@@ -218,6 +218,10 @@ def test_a_server_without_usage_gets_a_whole_report_on_the_clients_counts(api_ke
         (e, "estimate") for e in est]
     xs, ys = plot._points(doc["turns"], "ttft_s")           # the plot's x axis
     assert xs == est[:4] and len(ys) == 4
+    assert plot.context_label([doc]) == "context tokens (prompt + completion, client cl100k estimates)"
+    counted = {"summary": {"context_source": "server"}}
+    assert plot.context_label([counted]) == "context tokens (prompt + completion)"
+    assert plot.context_label([counted, doc]).endswith(", client cl100k estimates for the runs the server did not count)")
 
     text = rep()
     assert "?" not in text
