@@ -39,3 +39,18 @@ def api_key(monkeypatch):
 def prompts_jsonl(texts, tier="foundations"):
     return "".join(json.dumps({"kind": "prompt", "v": 1, "id": i + 1, "tier": tier, "text": t}) + "\n"
                    for i, t in enumerate(texts))
+
+
+class Measured:
+    """A recording's records, and lalm-metrics' and lalm-report's view of it."""
+
+    def __init__(self, recording: str):
+        from lalmpipe import metrics, report
+        self.records = [json.loads(line) for line in recording.splitlines() if line.strip()]
+        self.run = self.records[0]
+        self.turns = [r for r in self.records if r["kind"] == "turn"]
+        m = run_main(metrics.main, [], recording)
+        assert m.code == 0, m.err
+        self.rows = [r for r in m.records if r["kind"] == "metrics"]
+        self.report = json.loads(run_main(report.main, ["--format", "json"], m.out).out)
+        self.text = run_main(report.main, [], m.out).out

@@ -13,8 +13,8 @@ import threading
 
 import pytest
 
-from conftest import ROOT, prompts_jsonl, run_main
-from lalmpipe import chat, metrics, report
+from conftest import ROOT, Measured, prompts_jsonl, run_main
+from lalmpipe import chat, metrics
 from lalmpipe.localserver import free_port
 from lalmpipe.replay import ReplayServer, Script
 
@@ -22,20 +22,6 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures", "engines")
 ENGINES = ["llama.cpp", "vllm", "llama-cpp-python", "transformers"]
 SPEED = 8            # replayed eight times faster than recorded
 WINDOW_TOKENS = 1024  # the window the engines that take one were given
-
-
-class Measured:
-    """A recording's records, and lalm-metrics' and lalm-report's view of it."""
-
-    def __init__(self, recording: str):
-        self.records = [json.loads(line) for line in recording.splitlines() if line.strip()]
-        self.run = self.records[0]
-        self.turns = [r for r in self.records if r["kind"] == "turn"]
-        m = run_main(metrics.main, [], recording)
-        assert m.code == 0, m.err
-        self.rows = [r for r in m.records if r["kind"] == "metrics"]
-        self.report = json.loads(run_main(report.main, ["--format", "json"], m.out).out)
-        self.text = run_main(report.main, [], m.out).out
 
 
 def replayed(recording_path: str, recorded: Measured) -> Measured:

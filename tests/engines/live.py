@@ -13,8 +13,8 @@ import os
 import shutil
 import time
 
-from conftest import ROOT, run_main
-from lalmpipe import chat, metrics, prompts, report, tokens
+from conftest import ROOT, Measured, run_main
+from lalmpipe import chat, prompts, tokens
 from lalmpipe.localserver import LocalServer, prepare
 
 WINDOW_TOKENS = 1024   # small: the long turn overflows it; large enough for four short turns
@@ -61,7 +61,7 @@ def raw_stream(srv, text: str, max_tokens: int) -> list:
     return lines
 
 
-def recorded_run(srv, name: str, tmp_path) -> "Run":
+def recorded_run(srv, name: str, tmp_path) -> Measured:
     """Four turns and the long one, recorded (lalm-chat --output) and measured."""
     first = run_main(prompts.main, ["--num-rounds", "4"]).out
     long = {"kind": "prompt", "v": 2, "id": 5, "tier": "foundations",
@@ -74,22 +74,7 @@ def recorded_run(srv, name: str, tmp_path) -> "Run":
     if recording():
         os.makedirs(FIXTURES, exist_ok=True)
         shutil.copyfile(output, os.path.join(FIXTURES, f"{name}.jsonl"))
-    return Run(c.out)
-
-
-class Run:
-    """A recording and what lalm-metrics and lalm-report make of it."""
-
-    def __init__(self, recording: str):
-        self.records = [json.loads(line) for line in recording.splitlines() if line.strip()]
-        self.run = self.records[0]
-        self.turns = [r for r in self.records if r["kind"] == "turn"]
-        m = run_main(metrics.main, [], recording)
-        assert m.code == 0, m.err
-        self.metrics_out = m.out
-        self.rows = [r for r in m.records if r["kind"] == "metrics"]
-        self.report = json.loads(run_main(report.main, ["--format", "json"], m.out).out)
-        self.text = run_main(report.main, [], m.out).out
+    return Measured(c.out)
 
 
 def events(turn: dict) -> list:
@@ -103,7 +88,7 @@ def usage(turn: dict) -> dict | None:
     return found[-1] if found else None
 
 
-def assert_counts_are_the_engines(run: Run, turns: int = 4) -> None:
+def assert_counts_are_the_engines(run: Measured, turns: int = 4) -> None:
     """The first turns are ok and their counts are the engine's usage, to the token."""
     assert [r["status"] for r in run.rows[:turns]] == ["ok"] * turns
     for turn, row in zip(run.turns[:turns], run.rows):
