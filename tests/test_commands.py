@@ -133,7 +133,7 @@ def test_subprocess_pipeline_and_head_end_quietly():
                        capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
-    assert set(doc) == {"run", "summary", "reasoning", "tiers", "ceiling", "memory", "turns"}
+    assert set(doc) == {"run", "summary", "reasoning", "tiers", "ceiling", "memory", "depths", "turns"}
     assert doc["summary"]["turns"] == 3 and doc["ceiling"] is None
     p = subprocess.run(f"lalm-metrics {fixture} | head -c 10", shell=True, capture_output=True, env=env)
     assert p.returncode == 0 and p.stderr == b""
