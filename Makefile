@@ -1,5 +1,5 @@
 # lalmpipe: make demo (a short benchmark against a real local server), make test.
-# make server / make demo MODEL=qwen2.5-coder-0.5b|smollm2-135m (default: the first)
+# make server / make demo MODEL=qwen2.5-coder-0.5b|smollm2-135m (default: the first; other engines: the second)
 # make server / make demo ENGINE=vllm|llama-cpp-python|transformers|llama.cpp [CTX=N] (default: llama.cpp)
 PYTHON ?= python3
 VENV   := .venv

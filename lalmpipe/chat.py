@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-rounds", type=positive_int, metavar="N", help="only the first N prompts")
     p.add_argument("--timeout", type=positive_seconds, default=None, metavar="S", help="bound on a whole turn")
     p.add_argument("--stall-timeout", type=positive_seconds, default=DEFAULT_SETTINGS.stall_timeout, metavar="S",
-                   help="end a turn after S seconds with no bytes (default: %(default)s)")
+                   help="end a turn after S seconds without a data event; keep-alive comments do not "
+                        "count (default: %(default)s)")
     p.add_argument("--retries", type=non_negative_int, default=DEFAULT_SETTINGS.retries, metavar="N",
                    help="retries of refused connections, HTTP 429 and 5xx (default: %(default)s)")
     p.add_argument("--on-error", choices=("stop", "continue"), default=DEFAULT_SETTINGS.on_error,

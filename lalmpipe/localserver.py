@@ -75,11 +75,11 @@ MODELS = {m.alias: m for m in (
 DEFAULT_MODEL = "qwen2.5-coder-0.5b"
 # the other engines': small enough to install, convert and serve on 2 cores in minutes
 ENGINE_MODEL = "smollm2-135m"
-HF_SUFFIX = "-hf"   # the Hugging Face folder beside its GGUF: SmolLM2-135M-Instruct-hf
+HF_SUFFIX = "-hf"   # the Hugging Face folder beside its GGUF, one per model: smollm2-135m-hf
 
 
 def hf_folder(model: Model) -> str:
-    return os.path.join(CACHE, "models", model.file.split(".")[0] + HF_SUFFIX)
+    return os.path.join(CACHE, "models", model.alias + HF_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -382,7 +382,7 @@ class LocalServer:
         raise SystemExit(f"localserver: error: {self.engine.name} not ready after {timeout_s:g} s; see {self.log}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
+        if self.proc:       # its group too when it has exited on its own: workers may be left
             stop_group(self.proc.pid)
             self.proc.wait()
 
@@ -492,20 +492,27 @@ def main(argv=None) -> int:
     return 0
 
 
+# the signals that end a run: Ctrl-C, kill, and the terminal going away
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def run(args) -> int:
     """Run a command beside a server that is stopped however the command ends."""
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     received = []
 
+    def hold() -> None:
+        # from here on the server is being stopped: a second Ctrl-C must not cut that short
+        for s in STOPS:
+            signal.signal(s, signal.SIG_IGN)
+
     def interrupted(signum, frame):
-        # once only: a second Ctrl-C must not cut the stopping short and leave a server behind
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        hold()
         received.append(signum)
         raise KeyboardInterrupt
     # explicit, so that a wrapper started in the background (SIGINT ignored) still stops
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGINT, interrupted)
+    for s in STOPS:
+        signal.signal(s, interrupted)
     child = None
     try:
         srv = LocalServer(args.model, ctx=args.ctx, port=args.port, engine=args.engine)
@@ -515,9 +522,11 @@ def run(args) -> int:
                 env = dict(os.environ, OPENAI_BASE_URL=srv.base_url)
                 # a process group of its own: every process of the command (a pipeline, make's
                 # children) is told to stop, and before the server goes, so none records its loss
-                child = subprocess.Popen(cmd, env=env, process_group=0)
+                child = subprocess.Popen(cmd, env=env, preexec_fn=os.setpgrp)
                 say(f"{srv.engine.program} ({srv.model.alias}) at {srv.base_url}")
-                return child.wait()
+                code = child.wait()
+                hold()
+                return code
             except KeyboardInterrupt:
                 if child is not None:
                     stop_group(child.pid, signum=received[0])

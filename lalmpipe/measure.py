@@ -239,14 +239,19 @@ CEILING_KINDS = {"context_overflow", "timeout", "empty"}
 MIN_FACT_AGE_TURNS = 20
 
 
+def cache_counted(r: Metrics) -> bool:
+    """Tell if a turn's cache share can be known: the server counted its prompt and
+    its cached tokens (an estimate has no cache beside it)."""
+    return r.cached_tokens is not None and r.prompt_tokens_source != ESTIMATE
+
+
 def summarize(rows: list[Metrics]) -> dict:
     """Aggregate one run's metrics records."""
     ok = [r for r in rows if r.status == "ok"]
     ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
     tps = [r.decode_tps for r in ok if r.decode_tps is not None]
     ctx = [r.context_tokens for r in rows if r.context_tokens is not None]
-    # the cache's share of the prompts the server counted, turn by turn: an estimate has no cache beside it
-    cache_counted = [r for r in rows if r.cached_tokens is not None and r.prompt_tokens_source != ESTIMATE]
+    cached = [r for r in rows if cache_counted(r)]
     return {
         "turns": len(rows), "ok": len(ok),
         "errors": sum(1 for r in rows if r.status == "error"),
@@ -259,9 +264,8 @@ def summarize(rows: list[Metrics]) -> dict:
         "completion_tokens_total": _total(rows, "completion_tokens"),
         "reasoning_tokens_total": _total(rows, "reasoning_tokens"),
         "cached_tokens_total": _total(rows, "cached_tokens"),
-        "cache_prompt_tokens_total": _total(cache_counted, "prompt_tokens"),
-        "cache_hit_ratio": r3(_ratio(_total(cache_counted, "cached_tokens"),
-                                     _total(cache_counted, "prompt_tokens"))),
+        "cache_prompt_tokens_total": _total(cached, "prompt_tokens"),
+        "cache_hit_ratio": r3(_ratio(_total(cached, "cached_tokens"), _total(cached, "prompt_tokens"))),
         "max_context_tokens": max(ctx) if ctx else None,
         "duration_s": r6(sum(r.e2e_s or r.ttft_s or 0.0 for r in rows)),
         **degradation(ok),
@@ -404,7 +408,8 @@ def depths(rows: list[Metrics], recalls: list[Recall]) -> list[dict]:
         asked.setdefault(r.after_turn, []).append(r)
     return [{"turn": r.turn, "prompt_id": r.prompt_id, "context_tokens": r.context_tokens,
              "context_tokens_source": r.context_tokens_source, "context_tokens_est": r.context_tokens_est, "ttft_s": r.ttft_s,
-             "prefill_tps": r.prefill_tps, "cached_share": r3(_ratio(r.cached_tokens, r.prompt_tokens)),
+             "prefill_tps": r.prefill_tps,
+             "cached_share": r3(_ratio(r.cached_tokens, r.prompt_tokens)) if cache_counted(r) else None,
              "decode_tps": r.decode_tps, "reasoning_tokens": r.reasoning_tokens,
              "probes": len(asked.get(r.turn, [])),
              "recalled": sum(1 for p in asked.get(r.turn, []) if p.correct)}

@@ -394,14 +394,10 @@ def depths_only(reports: list[dict], fmt: str) -> str:
     return "\n".join([title, ""] + text_table(table, right=True) + ([""] + legend if legend else [])) + "\n"
 
 
-DEPTH_CSV_FIELDS = ("run_id", "model", "prefill", "turn", "prompt_id", "context_tokens", "context_tokens_source",
-                    "context_tokens_est", "ttft_s", "prefill_tps", "cached_share", "decode_tps",
-                    "reasoning_tokens", "probes", "recalled")
-
-
 def write_depths_csv(reports: list[dict], stream) -> None:
     """One row per run and measured turn: the long form, for a spreadsheet to pivot."""
-    w = csv.DictWriter(stream, fieldnames=DEPTH_CSV_FIELDS, lineterminator="\n")
+    fields = next((list(d) for rep in reports for d in rep["depths"]), [])
+    w = csv.DictWriter(stream, fieldnames=["run_id", "model", "prefill", *fields], lineterminator="\n")
     w.writeheader()
     for rep in reports:
         run = rep["run"] or {}

@@ -7,7 +7,7 @@ import zipfile
 import pytest
 
 from lalmpipe import localserver
-from lalmpipe.localserver import MODELS, Model
+from lalmpipe.localserver import MODELS, Model, hf_folder
 
 PARTS = [b"GGUF" + bytes(range(256)) * 40, b"\x00tail of the weights" * 300]
 
@@ -99,7 +99,9 @@ def test_every_engine_is_pinned_and_listens_on_loopback_only():
         cmd = e.command(smol, 8123, None)
         assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8123"
         assert (e.model_path(smol) in cmd) and e.model_path(smol).endswith(
-            ".gguf" if e.model_form == "gguf" else "SmolLM2-135M-Instruct-hf")
+            ".gguf" if e.model_form == "gguf" else "/smollm2-135m-hf")
+    # one folder per model, never shared by two
+    assert len({hf_folder(m) for m in MODELS.values()}) == len(MODELS)
 
 
 @pytest.mark.parametrize("engine, ctx_flag", [("llama.cpp", "-c"), ("vllm", "--max-model-len"),
