@@ -407,8 +407,8 @@ def depths(rows: list[Metrics], recalls: list[Recall]) -> list[dict]:
     for r in recalls:
         asked.setdefault(r.after_turn, []).append(r)
     return [{"turn": r.turn, "prompt_id": r.prompt_id, "context_tokens": r.context_tokens,
-             "context_tokens_source": r.context_tokens_source, "context_tokens_est": r.context_tokens_est, "ttft_s": r.ttft_s,
-             "prefill_tps": r.prefill_tps,
+             "context_tokens_source": r.context_tokens_source, "context_tokens_est": r.context_tokens_est,
+             "ttft_s": r.ttft_s, "prefill_tps": r.prefill_tps,
              "cached_share": r3(_ratio(r.cached_tokens, r.prompt_tokens)) if cache_counted(r) else None,
              "decode_tps": r.decode_tps, "reasoning_tokens": r.reasoning_tokens,
              "probes": len(asked.get(r.turn, [])),
