@@ -253,7 +253,7 @@ def build_server() -> None:
     build = os.path.join(CACHE, "build")
     say("configuring llama.cpp (about 10 s)")
     _run(["cmake", "-S", source, "-B", build, *CMAKE_FLAGS], os.path.join(CACHE, "cmake.log"))
-    say(f"building llama-server (once; about 7 minutes on 2 cores; log in {CACHE}/build.log)")
+    say(f"building llama-server ({ENGINES['llama.cpp'].install_note}; log in {CACHE}/build.log)")
     t = time.monotonic()
     _run(["cmake", "--build", build, "--target", "llama-server", f"-j{os.cpu_count() or 2}"],
          os.path.join(CACHE, "build.log"))
@@ -353,8 +353,9 @@ class LocalServer:
 
     def start(self) -> "LocalServer":
         if not (installed(self.engine) and os.path.exists(self.engine.model_path(self.model))):
-            raise SystemExit(f"localserver: error: no {self.engine.name} or {self.model.alias} yet: run "
-                             f"'python -m lalmpipe.localserver install {self.engine.name}' (or make server-bin)")
+            make = "make server-bin" if self.engine.name == DEFAULT_ENGINE else f"make server ENGINE={self.engine.name}"
+            raise SystemExit(f"localserver: error: no {self.engine.name} or {self.model.alias} yet: "
+                             f"'{make}' installs them")
         if self.engine.ready_s >= 5:
             say(f"starting {self.engine.title} (about {self.engine.ready_s:g} s)")
         with open(self.log, "w") as fp:
@@ -482,7 +483,7 @@ def main(argv=None) -> int:
             prepare(ENGINES[engine], MODELS[ENGINES[engine].default_model])
     elif args.cmd == "start":
         srv = start_background(args.engine, args.model, args.ctx, args.port)
-        say(f"{srv.engine.program} ({srv.model.alias}) listening; stop it with: make server-stop")
+        say(f"{srv.engine.program} ({srv.served_name}) listening; stop it with: make server-stop")
         print(srv.base_url)
     elif args.cmd == "stop":
         engine = stop_background()
