@@ -14,9 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 
-from .jsonl import InputError, UsageError, checked_records
+from .jsonl import InputError, UsageError, recording
 from .reasoning import read_stream
-from .records import STATUS_OK, Exchange, HistorySource, Prompt, Run, Turn
+from .records import STATUS_OK, Exchange, HistorySource, Prompt, Turn
 
 
 def own_answer(turn: Turn, view, keep_reasoning: bool) -> str | None:
@@ -68,24 +68,17 @@ class History:
 def load(path: str) -> History:
     """Read a lalm-chat recording's history: for each prompt id, the last answer
     that entered its history (a resumed run's redone turn counts once)."""
-    run, answers = None, {}
+    answers = {}
     try:
         fp = open(path, "rb")
     except OSError as e:
         raise InputError(f"{path}: {e.strerror}") from None
     with fp:
-        for item in checked_records(path, fp, consumes={"run", "turn"},
-                                    passes={"prompt", "probe", "metrics", "recall"}):
-            rec = item.record
-            if isinstance(rec, Run):
-                if run is not None and rec.run_id != run.run_id:
-                    raise InputError(f"{item.source}:{item.lineno}: a second run in a --history recording")
-                run = rec
-            elif isinstance(rec, Turn):
-                if run is None:
-                    raise InputError(f"{item.source}:{item.lineno}: a turn before the run record")
-                for ex in exchanges(rec, run.settings.keep_reasoning):
-                    answers[ex.prompt.id] = (ex.prompt.text, ex.answer)
+        run, turns = recording(path, fp, "a --history recording",
+                               passes={"prompt", "probe", "metrics", "recall"})
+    for turn in turns:
+        for ex in exchanges(turn, run.settings.keep_reasoning):
+            answers[ex.prompt.id] = (ex.prompt.text, ex.answer)
     if run is None or not answers:
         raise InputError(f"{path}: no answered turns: --history takes a lalm-chat recording")
     return History(HistorySource(path=path, run_id=run.run_id, model=run.model, sha256=digest(answers),

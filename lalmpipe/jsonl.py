@@ -17,7 +17,7 @@ from typing import Callable, Iterator, NamedTuple, TextIO
 import jsonlines
 import msgspec
 
-from .records import KINDS, Record, RecordError, as_record, check_version
+from .records import KINDS, Record, RecordError, Run, Turn, as_record, check_version
 from .redact import API_KEY_VAR, redact
 
 
@@ -127,6 +127,23 @@ def checked_records(name: str, fp, consumes: set[str], passes: set[str] = frozen
         except (RecordError, TypeError, ValueError) as e:
             raise InputError(f"{where}: {e}") from None
         yield Line(source, lineno, obj, record)
+
+
+def recording(name: str, fp, what: str, passes: set[str] = frozenset()) -> tuple[Run | None, list[Turn]]:
+    """The run record (None if there is none) and the turns of one lalm-chat
+    recording; `what` names the file in the errors ("one --output file")."""
+    run, turns = None, []
+    for item in checked_records(name, fp, consumes={"run", "turn"}, passes=passes):
+        rec = item.record
+        if isinstance(rec, Run):
+            if run is not None and rec.run_id != run.run_id:
+                raise InputError(f"{item.source}:{item.lineno}: a second run in {what}")
+            run = rec
+        elif isinstance(rec, Turn):
+            if run is None:
+                raise InputError(f"{item.source}:{item.lineno}: a turn before the run record")
+            turns.append(rec)
+    return run, turns
 
 
 class RecordWriter:

@@ -6,7 +6,7 @@ import io
 import json
 import os
 
-from .jsonl import InputError, UsageError, checked_records
+from .jsonl import InputError, UsageError, recording
 from .history import exchanges
 from .records import Prompt, Run, Turn
 
@@ -96,17 +96,7 @@ def _is_record(line: bytes) -> bool:
 
 
 def _read(path: str, data: bytes) -> tuple[Run, list[Turn]]:
-    run, turns = None, []
-    for item in checked_records(path, io.BytesIO(data), consumes={"run", "turn"}, passes={"probe"}):
-        rec = item.record
-        if isinstance(rec, Run):
-            if run is not None and rec.run_id != run.run_id:
-                raise InputError(f"{item.source}:{item.lineno}: a second run in one --output file")
-            run = rec
-        elif isinstance(rec, Turn):
-            if run is None:
-                raise InputError(f"{item.source}:{item.lineno}: a turn before the run record")
-            turns.append(rec)
+    run, turns = recording(path, io.BytesIO(data), "one --output file", passes={"probe"})
     if run is None:
         raise InputError(f"{path}:1: no run record to resume")
     return run, turns
