@@ -24,7 +24,13 @@ CTX        ?=
 ENGINE_ARGS = $(if $(ENGINE),--engine $(ENGINE)) $(if $(MODEL),--model $(MODEL)) $(if $(CTX),--ctx $(CTX))
 ENGINE_TESTS = tests/engines
 # another engine installs itself and fetches its own model on start: no llama-server build for it
-ENGINE_PREREQ = $(if $(filter-out llama.cpp,$(ENGINE)),install,server-bin)
+OTHER_ENGINE  = $(filter-out llama.cpp,$(ENGINE))
+ENGINE_PREREQ = $(if $(OTHER_ENGINE),install,server-bin)
+# the demo: on llama.cpp enough turns for the recall of the planted facts to fall (a few
+# minutes on 2 cores); on another engine (SmolLM2, slower engines) 8: it shows the engine
+DEMO_ROUNDS   = $(if $(OTHER_ENGINE),8,40)
+DEMO_PROBES   = $(if $(OTHER_ENGINE),4,10)
+DEMO_FACT_AGE = $(if $(OTHER_ENGINE),2,4)
 
 .PHONY: install server-bin server server-stop demo bench depth report browser test perf clean \
         engines test-engines record-engines
@@ -45,18 +51,11 @@ server: $(ENGINE_PREREQ)
 server-stop:
 	@$(BIN)/python -m lalmpipe.localserver stop
 
-# enough turns for the recall of the planted facts to fall: a few minutes on 2 cores;
-# on another engine (SmolLM2, slower engines) 8 turns: it shows the engine, not the model's memory
 demo: $(ENGINE_PREREQ)
-ifeq ($(filter-out llama.cpp,$(ENGINE)),)
 	@$(BIN)/python -m lalmpipe.localserver run $(ENGINE_ARGS) -- \
-	  $(MAKE) --no-print-directory bench ROUNDS=40 MAX_TOKENS=64 \
-	  CHAT_ARGS="--probe-every 10 --temperature 0 $(CHAT_ARGS)" REPORT_ARGS="--min-fact-age 4 $(REPORT_ARGS)"
-else
-	@$(BIN)/python -m lalmpipe.localserver run $(ENGINE_ARGS) -- \
-	  $(MAKE) --no-print-directory bench ROUNDS=8 MAX_TOKENS=64 \
-	  CHAT_ARGS="--probe-every 4 --temperature 0 $(CHAT_ARGS)" REPORT_ARGS="--min-fact-age 2 $(REPORT_ARGS)"
-endif
+	  $(MAKE) --no-print-directory bench ROUNDS=$(DEMO_ROUNDS) MAX_TOKENS=64 \
+	  CHAT_ARGS="--probe-every $(DEMO_PROBES) --temperature 0 $(CHAT_ARGS)" \
+	  REPORT_ARGS="--min-fact-age $(DEMO_FACT_AGE) $(REPORT_ARGS)"
 
 bench: install
 	@mkdir -p $(LOGS); set -e; ts=$$(date -u +%Y%m%dT%H%M%SZ); all=""; texts=""; i=0; \

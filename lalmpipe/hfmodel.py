@@ -10,6 +10,7 @@ already has. Only the standard library is imported at the top, so this file
 runs by its path in an environment where lalmpipe is not installed.
 """
 import os
+import shutil
 import sys
 
 
@@ -31,6 +32,7 @@ def convert(gguf_path: str, out_dir: str) -> None:
     model.load_state_dict(loaded.state_dict())
     model.tie_weights()
     tmp = out_dir + ".part"
+    shutil.rmtree(tmp, ignore_errors=True)      # what an interrupted conversion left
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     os.replace(tmp, out_dir)

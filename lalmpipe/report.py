@@ -59,7 +59,7 @@ def analyse(group: dict, min_fact_age: int = measure.MIN_FACT_AGE_TURNS) -> dict
     rows = in_one_unit(group["rows"], estimated)
     recalls = in_one_unit(group["recalls"], estimated)
     summary = measure.summarize(rows)
-    summary["context_source"] = "client (cl100k estimate)" if estimated else "server"
+    summary["context_source"] = measure.CLIENT_CONTEXT if estimated else measure.SERVER
     return {"run": run.to_dict() if run else None, "summary": summary,
             "reasoning": measure.reasoning_summary(rows), "tiers": measure.by_tier(rows),
             "ceiling": measure.ceiling(rows, window, estimated),
@@ -96,7 +96,7 @@ DEPTH_COMPARED = DEPTH_COLUMNS[2:4] + DEPTH_COLUMNS[5:6] + DEPTH_COLUMNS[7:]
 
 def depth_title(report: dict) -> str:
     s = report["summary"]
-    unit = "" if s["context_source"] == "server" else ", depth in client estimates"
+    unit = ", depth in client estimates" if measure.in_estimates(s) else ""
     return (f"Depths ({_prefill_kind(report)}: "
             + ("every measured turn a full prefill" if _prefill_kind(report) == "cold"
                else "the server's prefix cache served the share cached")
@@ -204,7 +204,7 @@ def ceiling_sentence(report: dict) -> str:
         failed = s["turns"] - s["ok"]
         return (f"No ceiling found in {s['turns']} turns"
                 + (f" ({failed} failed for reasons other than the context)" if failed else "")
-                + f"; the largest context was {_approx(_n(s['max_context_tokens']), s['context_source'] != 'server')} "
+                + f"; the largest context was {_approx(_n(s['max_context_tokens']), measure.in_estimates(s))} "
                 "tokens.")
     row = next((r for r in report["turns"] if r["turn"] == c["turn"]), {})
     cut = row.get("finish_reason") == "length"
@@ -224,7 +224,7 @@ def ceiling_sentence(report: dict) -> str:
     else:
         where = f": {counted}" if counted else f" at about {_n(c['context_tokens'])} context tokens"
     ours = last or not (over or counted)       # a size of the report's own unit is given
-    unit = " (client estimates)" if s["context_source"] != "server" and ours else ""
+    unit = " (client estimates)" if measure.in_estimates(s) and ours else ""
     return f"Ceiling at turn {c['turn']}: {what}{where}{last}{unit}."
 
 
@@ -281,7 +281,7 @@ def summary_lines(report: dict) -> list[tuple[str, str]]:
     """The summary as (label, sentence) pairs, for people."""
     s, rz = report["summary"], report["reasoning"]
     f = lambda x, spec="": "?" if x is None else format(x, spec)
-    est, half = s["context_source"] != "server", s["decode_half_speed_at_context_tokens"]
+    est, half = measure.in_estimates(s), s["decode_half_speed_at_context_tokens"]
     lines = [("TTFT", f"mean {f(s['ttft_mean_s'], '.3f')} s, p50 {f(s['ttft_p50_s'], '.3f')} s, "
                       f"p95 {f(s['ttft_p95_s'], '.3f')} s; "
                       f"{f(s['ttft_slope_s_per_1k_tokens'], '+.3f')} s per 1,000 context tokens"),
@@ -302,8 +302,7 @@ def summary_lines(report: dict) -> list[tuple[str, str]]:
     lines.append(("Turns", f"{s['turns']}: {s['ok']} ok, {s['errors']} failed, {s['truncated']} truncated"
                            + (f", {s['interrupted']} interrupted" if s["interrupted"] else "")
                            + f"; largest context {_approx(_n(s['max_context_tokens']), est)} tokens"
-                           + ("" if s["context_source"] == "server"
-                              else " (the server did not count every prompt: client estimates)")))
+                           + (" (the server did not count every prompt: client estimates)" if est else "")))
     lines.append(("Ceiling", ceiling_sentence(report)))
     lines += memory_lines(report["memory"])
     return lines

@@ -124,7 +124,7 @@ def test_transformers_serve_has_no_window_to_set():
 def test_an_engine_is_installed_once_and_again_when_its_pins_change(cache, monkeypatch):
     engine = localserver.Engine("toy", "toy", "Toy engine", ("six==1.16.0",), "gguf", "/health", "seconds", 1)
     ran = []
-    monkeypatch.setattr(localserver, "_run_all", lambda cmds, log, env: ran.append(cmds))
+    monkeypatch.setattr(localserver, "_run", lambda cmds, log, env=None: ran.append(cmds))
     localserver.install(engine)
     localserver.install(engine)
     assert len(ran) == 1
