@@ -24,6 +24,9 @@ def chat_and_measure(server, prompts, *extra):
     return ran, [r for r in measured.records if r["kind"] == "metrics"]
 
 
+TIMING_SLACK_S = 0.015
+
+
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_metrics_match_the_schedule_in_every_dialect(dialect, api_key):
     made = [stream(dialect, n_reasoning=30, n_content=40, ttft_s=TTFTS[i], rate_tps=100.0,
@@ -34,8 +37,11 @@ def test_metrics_match_the_schedule_in_every_dialect(dialect, api_key):
     assert len(rows) == 3
     for row, truth in zip(rows, truths):
         assert row["status"] == "ok"
-        assert abs(row["ttft_s"] - truth.ttft_s) < 0.005, (row["turn"], row["ttft_s"])
-        assert abs(row["ttft_content_s"] - truth.ttft_content_s) < 0.005
+        # a scheduling hiccup of a busy 2-core machine reaches 10 ms (seen once in a clean
+        # CI-like run); which chunk is the first token is tested exactly on recorded chunks,
+        # and make perf gives the timing figures
+        assert abs(row["ttft_s"] - truth.ttft_s) < TIMING_SLACK_S, (row["turn"], row["ttft_s"])
+        assert abs(row["ttft_content_s"] - truth.ttft_content_s) < TIMING_SLACK_S
         assert row["decode_tps"] == pytest.approx(truth.rate_tps, rel=0.03)
         assert abs(row["reasoning_tokens"] - truth.reasoning_tokens) <= 2
         assert abs(row["content_tokens"] - truth.content_tokens) <= 2
