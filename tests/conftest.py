@@ -54,3 +54,26 @@ class Measured:
         self.rows = [r for r in m.records if r["kind"] == "metrics"]
         self.report = json.loads(run_main(report.main, ["--format", "json"], m.out).out)
         self.text = run_main(report.main, [], m.out).out
+
+
+def least_timing_errors(run, check, tries: int = 3) -> dict[str, list[float]]:
+    """Run a timed scenario until `check` passes on the least errors seen, turn by turn.
+
+    `run` returns named lists of errors (one per turn, the same turns every run);
+    `check` asserts on them. A busy machine only ever delays the server or the
+    client, never hastens them, so a turn it spoiled in one run is kept at its
+    best from another; an error of the client's own (timing a reconnect, say) is
+    in every run and so in the least. After `tries` runs the check's own failure
+    is raised.
+    """
+    best: dict[str, list[float]] = {}
+    for attempt in range(tries):
+        errors = run()
+        best = {k: list(map(min, best[k], v)) if best else v for k, v in errors.items()}
+        try:
+            check(best)
+            return best
+        except AssertionError:
+            if attempt == tries - 1:
+                raise
+    return best

