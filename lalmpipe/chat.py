@@ -172,6 +172,7 @@ def _run(args, stdin, stdout, stderr) -> int:
             if model is None:
                 raise InputError(f"the server at {transport.base_url} lists no model: give --model")
             run = done.run if done else new_run(args, model, server, transport.base_url, memory, history)
+            progress.follow(run, done.turns if done else ())
             warn_if_too_small(progress, prompts, run.server.context_window, run.params.get("max_tokens"))
             chat = Chat(transport, run, Conversation.of(run), progress, interrupts, run.settings.facts or (),
                         history, plan)

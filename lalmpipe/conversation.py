@@ -196,7 +196,7 @@ class Chat:
                       status=status, http_status=att.http_status, error=error, attempts=attempts,
                       connection=att.connection, chunks=att.chunks, content=view.content, reasoning=view.reasoning,
                       cold=cold, marker=marker, history=recorded, skipped=list(skipped))
-        self.progress.end_turn(record, view)
+        self.progress.end_turn(record)
         return record
 
     def _enter(self, prompt: Prompt, status: str, view) -> str | None:

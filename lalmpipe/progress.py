@@ -1,15 +1,14 @@
 """Tell the user on stderr how a run is going.
 
 On a terminal: a live counter while a turn streams, then one line per finished
-turn (turn k of N, tier, context, TTFT, decode speed, reasoning) with the time
-left, and one per round of probes. Notices (retries, the stop) go to stderr in a pipeline too; -q silences all.
+turn (turn k of N, tier, context, TTFT, decode speed, reasoning), measured as
+lalm-metrics measures it, with the time left, and one per round of probes. Notices (retries, the stop) go to stderr in a pipeline too; -q silences all.
 """
 from __future__ import annotations
 
 import time
 
 from . import measure
-from .outcome import context_tokens
 from .records import STATUS_OK
 
 REFRESH_NS = 100_000_000   # redraw the live counter at most ten times a second
@@ -26,6 +25,7 @@ class Progress:
         self._done = 0
         self._label = ""
         self._drawn_ns = 0
+        self._measured = None
         self.on_event = self._tick if self.live else None
 
     def say(self, message: str) -> None:
@@ -33,6 +33,15 @@ class Progress:
         if not self.quiet:
             self._clear()
             print(f"{self.prog}: {message}", file=self.stderr, flush=True)
+
+    def follow(self, run, earlier=()) -> None:
+        """On a terminal, measure each finished turn as lalm-metrics will (the run's
+        earlier turns first, on a resume), so its line shows the report's numbers."""
+        if self.live:
+            from .metrics import Conversation
+            self._measured = Conversation(run)
+            for turn in earlier:
+                self._measured.measure(turn)
 
     def start_turn(self, n: int, prompt) -> None:
         if self.live:
@@ -46,10 +55,11 @@ class Progress:
             self._drawn_ns = t_ns
             self._write(f"\r\x1b[K{self._label} {n_events} chunks, {t_ns / 1e9:.1f} s")
 
-    def end_turn(self, record, view) -> None:
+    def end_turn(self, record) -> None:
         self._done += 1
         if self.live:
-            self._write(f"\r\x1b[K{turn_line(record, view, self.total)}{self._left()}\n")
+            row = self._measured.measure(record)
+            self._write(f"\r\x1b[K{turn_line(record, row, self.total)}{self._left()}\n")
 
     def start_probe(self, after_turn: int, k: int, of: int) -> None:
         if self.live:
@@ -74,22 +84,19 @@ class Progress:
         self.stderr.flush()
 
 
-def turn_line(record, view, total: int | None) -> str:
-    """One finished turn, in a line."""
+def turn_line(record, row, total: int | None) -> str:
+    """One finished turn, in a line, from its metrics."""
+    from .report import approx
     of = f"/{total}" if total else ""
     head = f"turn {record.turn}{of} [{record.prompt.tier}]"
     if record.status != STATUS_OK:
         return f"{head} {record.status}: {record.error.kind if record.error else '?'}"
-    usage = view.usage or {}
-    ctx = context_tokens(usage.get("prompt_tokens"), usage.get("completion_tokens"))
-    times = [t for t, _, _ in view.tokens]
-    n = usage.get("completion_tokens") or len(times)
-    tps = measure.decode_tps(n, times[0], times[-1]) if times else None
-    reasoning = sum(1 for _, is_r, _ in view.tokens if is_r)
-    if not times:
+    if row.ttft_s is None:
         return f"{head} no tokens"
-    return (f"{head} ctx {ctx or '?'} tok  TTFT {times[0]:.2f} s  {tps or 0:.1f} tok/s"
-            + (f"  reasoning {reasoning} chunks" if reasoning else ""))
+    ctx = approx("?" if row.context_tokens is None else f"{row.context_tokens:,}",
+                 row.context_tokens_source == measure.ESTIMATE)
+    return (f"{head} ctx {ctx} tok  TTFT {row.ttft_s:.2f} s  {row.decode_tps or 0:.1f} tok/s"
+            + (f"  reasoning {row.reasoning_tokens:,} tok" if row.reasoning_tokens else ""))
 
 
 def _duration(s: float) -> str:

@@ -114,10 +114,30 @@ def test_live_progress_on_a_terminal_only(api_key):
         piped = run_main(chat.main, argv, prompts_jsonl(["a", "b"]))
     lines = [l.split("\x1b[K")[-1] for l in tty.getvalue().split("\n") if l]
     assert lines[0].startswith("turn 1/2 [foundations] ctx 85 tok  TTFT 0.05 s")
-    assert "tok/s  reasoning 5 chunks  ~0m0" in lines[0] and lines[0].endswith("s left")
+    assert "tok/s  reasoning 5 tok  ~0m0" in lines[0] and lines[0].endswith("s left")
     assert lines[1].startswith("turn 2/2 [foundations] ctx 85 tok")
     assert "chunks, 0." in tty.getvalue()          # the live counter while streaming
     assert piped.err == ""                         # nothing on stderr in a pipeline
+
+
+def test_live_progress_without_usage_shows_the_estimate_the_report_will(api_key, tmp_path):
+    from scripted import ForkedServer, stream
+    path = str(tmp_path / "run.jsonl")
+    with ForkedServer(lambda i, b: stream("no_usage", n_content=30, ttft_s=0.05, rate_tps=100)[0]) as srv:
+        argv = ["--base-url", srv.base_url, "--model", "m", "--output", path]
+        assert run_main(chat.main, argv, prompts_jsonl(["a"])).code == 0
+        # resumed on a terminal: the second turn's line counts the first turn's history too
+        tty = Terminal()
+        assert chat.main([*argv, "--resume"], io.BytesIO(prompts_jsonl(["a", "b", "c"]).encode()),
+                         io.StringIO(), tty) == 0
+    with open(path) as fp:
+        rows = [r for r in run_main(metrics.main, [], fp.read()).records if r["kind"] == "metrics"]
+    assert [r["context_tokens_source"] for r in rows] == ["estimate"] * 3
+    assert rows[0]["context_tokens"] < rows[1]["context_tokens"] < rows[2]["context_tokens"]
+    lines = [l.split("\x1b[K")[-1] for l in tty.getvalue().split("\n") if "] ctx " in l]
+    assert len(lines) == 2
+    for line, row in zip(lines, rows[1:]):
+        assert f"ctx ≈ {row['context_tokens']:,} tok  TTFT {row['ttft_s']:.2f} s  {row['decode_tps']:.1f} tok/s" in line
 
 
 def test_a_round_of_probes_shows_on_a_terminal(tmp_path, api_key):
