@@ -22,7 +22,8 @@ from importlib import resources
 from . import __version__
 from .jsonl import read_records
 from .records import STATUS_OK, Turn
-from .report import HEADINGS, PROG, TIER_COLUMNS, _cell, _status, comparison, summary_lines
+from .report import (HEADINGS, PROG, TIER_COLUMNS, _cell, _status, chose_depths, comparison, depth_comparison,
+                     depth_rows, depth_title, history_sentence, summary_lines, turn_cell)
 
 TEMPLATE = "report.html.j2"
 SCRIPT = "report.js"
@@ -84,6 +85,9 @@ def render(reports: list[dict], texts: dict[tuple[str, int], TurnText] | None = 
     view = {"title": "lalmpipe: " + " vs ".join(_model(r) for r in reports),
             "version": __version__, "script": Markup(script), "script_hash": script_hash(script),
             "comparison": comparison(reports) if several else None,
+            "history": history_sentence(reports) if several else None,
+            "depth_comparison": depth_comparison(reports)
+            if several and any(chose_depths(r) for r in reports) else None,
             "comparison_figure": figure(reports, "c-") if several else None,
             "runs": [run_view(r, i, texts, figure) for i, r in enumerate(reports, 1)],
             "figure_note": None if figures else "no figures: matplotlib is not installed "
@@ -127,6 +131,8 @@ def run_view(report: dict, index: int, texts, figure) -> dict:
             "figure": figure([report], f"r{index}-"),
             "tier_head": [h for _, h in TIER_COLUMNS],
             "tiers": [[_cell(t[k], k) for k, _ in TIER_COLUMNS] for t in report["tiers"]],
+            "depths": depth_rows(report) if chose_depths(report) else None,
+            "depth_title": depth_title(report),
             "turn_head": [HEADINGS[c] for c in TURN_COLUMNS],
             "turns": [turn_view(t, text) for t, text in zip(report["turns"], found)],
             "texts_included": any(found)}
@@ -153,8 +159,7 @@ def _pairs(d: dict) -> list[tuple[str, str]]:
 
 def turn_view(row: dict, text: TurnText | None) -> dict:
     """One row of the per-turn table: its cells (shown, and the value to sort by) and texts."""
-    cells = [(_status(row) if c == "status" else _cell(row.get(c), c),
-              _status(row) if c == "status" else row.get(c)) for c in TURN_COLUMNS]
+    cells = [(turn_cell(row, c), _status(row) if c == "status" else row.get(c)) for c in TURN_COLUMNS]
     return {"turn": row["turn"], "tier": row.get("tier") or "?", "cells": cells,
             "numeric": [c not in TEXT_COLUMNS for c in TURN_COLUMNS],
             "state": "ok" if row["status"] == STATUS_OK and not row.get("truncated")

@@ -82,7 +82,7 @@ def _recall_cell(d: dict) -> str:
 
 
 # the depth table: its heading, the field whose format it takes, how to get it
-DEPTH_COLUMNS = (("depth", None, lambda d: _approx(_cell(d["context_tokens"]), ESTIMATED["context_tokens"](d))),
+DEPTH_COLUMNS = (("depth", None, lambda d: approx(_cell(d["context_tokens"]), ESTIMATED["context_tokens"](d))),
                  ("turn", None, lambda d: d["turn"]),
                  ("TTFT s", "ttft_s", lambda d: d["ttft_s"]),
                  ("prefill tok/s", "prefill_tps", lambda d: d["prefill_tps"]),
@@ -204,7 +204,7 @@ def ceiling_sentence(report: dict) -> str:
         failed = s["turns"] - s["ok"]
         return (f"No ceiling found in {s['turns']} turns"
                 + (f" ({failed} failed for reasons other than the context)" if failed else "")
-                + f"; the largest context was {_approx(_n(s['max_context_tokens']), measure.in_estimates(s))} "
+                + f"; the largest context was {approx(_n(s['max_context_tokens']), measure.in_estimates(s))} "
                 "tokens.")
     row = next((r for r in report["turns"] if r["turn"] == c["turn"]), {})
     cut = row.get("finish_reason") == "length"
@@ -267,12 +267,16 @@ ESTIMATED = {"context_tokens": lambda r: r.get("context_tokens_source") == measu
              "completion_tokens": lambda r: r.get("tokens_source") == measure.CLIENT_TOKENS}
 
 
+def turn_cell(r: dict, c: str) -> str:
+    """A cell of the turn table: the status, or the field formatted and marked where the client estimated it."""
+    return _status(r) if c == "status" else approx(_cell(r.get(c), c), c in ESTIMATED and ESTIMATED[c](r))
+
+
 def _row(r: dict) -> list[str]:
-    return [_status(r) if c == "status" else _approx(_cell(r.get(c), c), c in ESTIMATED and ESTIMATED[c](r))
-            for c in COLUMNS]
+    return [turn_cell(r, c) for c in COLUMNS]
 
 
-def _approx(cell: str, estimated: bool) -> str:
+def approx(cell: str, estimated: bool) -> str:
     """Mark a number the client estimated; an unknown one stays as it is."""
     return f"≈ {cell}" if estimated and cell not in ("?", "-") else cell
 
@@ -288,7 +292,7 @@ def summary_lines(report: dict) -> list[tuple[str, str]]:
              ("Decode", f"mean {f(s['decode_tps_mean'], '.1f')} tok/s; {f(s['decode_tps_start'], '.1f')} "
                         f"at the start, {f(s['decode_tps_end'], '.1f')} at the end "
                         f"(x{f(s['decode_ratio_end_to_start'], '.2f')})"
-                        + (f"; below half speed from {_approx(_n(half), est)} context tokens"
+                        + (f"; below half speed from {approx(_n(half), est)} context tokens"
                            if half else ""))]
     if s["cached_tokens_total"] is not None and s["cache_prompt_tokens_total"]:
         lines.append(("Prefix cache", f"{s['cached_tokens_total']:,} of {s['cache_prompt_tokens_total']:,} "
@@ -301,7 +305,7 @@ def summary_lines(report: dict) -> list[tuple[str, str]]:
         lines.append(("Reasoning", "none seen"))
     lines.append(("Turns", f"{s['turns']}: {s['ok']} ok, {s['errors']} failed, {s['truncated']} truncated"
                            + (f", {s['interrupted']} interrupted" if s["interrupted"] else "")
-                           + f"; largest context {_approx(_n(s['max_context_tokens']), est)} tokens"
+                           + f"; largest context {approx(_n(s['max_context_tokens']), est)} tokens"
                            + (" (the server did not count every prompt: client estimates)" if est else "")))
     lines.append(("Ceiling", ceiling_sentence(report)))
     lines += memory_lines(report["memory"])

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from browser import parse
 from conftest import prompts_jsonl, run_main
 from lalmpipe import chat, metrics, report, tokens
 from lalmpipe.history import digest
@@ -326,6 +327,13 @@ def test_the_depth_table_has_a_row_per_measured_turn_with_the_recall_asked_after
     doc = json.loads(run_main(report.main, ["--format", "json"], out).out)
     assert [(d["turn"], d["context_tokens"], d["probes"], d["recalled"]) for d in doc["depths"]] == [
         (3, 505, 2, 2), (6, 1105, 2, 0)]
+    # the page has it too, above the turns
+    page = parse(run_main(report.main, ["--format", "html"], out).out)
+    depths = page.find("table", "depths")
+    assert [[c.text() for c in tr.find_all("th") + tr.find_all("td")] for tr in depths.find_all("tr")] == [
+        [line for line in row] for row in report.depth_rows(doc)]
+    assert [c.text() for c in depths.find_all("tr")[1].find_all("td")][:2] == ["505", "3"]
+    assert page.find("p", "depths-title").text() == report.depth_title(doc) + "."
 
 
 def test_runs_over_one_history_are_compared_depth_by_depth(recording, facts):
@@ -351,6 +359,15 @@ def test_runs_over_one_history_are_compared_depth_by_depth(recording, facts):
         [run, "scripted", kind, str(r["turn"]), str(r["turn"]), str(r["context_tokens"]), "server",
          str(r["context_tokens_est"])]
         for run, kind, rs in ((runs[0], "cold", cold_rows), (runs[1], "warm", warm_rows)) for r in rs]
+    # the page puts them side by side too, with the legend and the history sentence
+    doc = json.loads(run_main(report.main, ["--format", "json"], cold + warm).out)
+    page = parse(run_main(report.main, ["--format", "html"], cold + warm).out)
+    table, legend = report.depth_comparison(doc["runs"])
+    shown = page.find("table", "depths-compared")
+    assert [[c.text() for c in tr.find_all("th") + tr.find_all("td")] for tr in shown.find_all("tr")] == table
+    assert [li.text() for li in page.find("ul", "legend").find_all("li")] == legend
+    assert page.find("p", "history").text() == f"History {report.history_sentence(doc['runs'])}."
+    assert len(page.find_all("table", "depths")) == 2           # and each run's own
     md = run_main(report.main, ["--depths", "--format", "markdown"], cold + warm).out
     assert md.count("\n| 3 | ") == md.count("\n| 6 | ") == 1 and f"- [2] run {runs[1]}: scripted, warm" in md
     refused = run_main(report.main, ["--depths", "--format", "json"], cold)
@@ -390,3 +407,9 @@ def test_depths_a_server_did_not_count_are_the_clients_marked_as_estimates(recor
     assert "depth in client estimates" in text.splitlines()[2]
     table = text.split("after the turn)\n\n")[1].split("\n\n")[0].splitlines()[1:]
     assert [line.split()[:3] for line in table] == [["≈", str(r["context_tokens_est"]), str(r["turn"])] for r in rows]
+    # the page marks them as the text does: in its depth table and its turn rows
+    page = parse(run_main(report.main, ["--format", "html"], out.out).out)
+    depths = [[c.text() for c in tr.find_all("td")] for tr in page.find("table", "depths").find_all("tr")[1:]]
+    assert [row[:2] for row in depths] == [[f"≈ {r['context_tokens_est']}", str(r["turn"])] for r in rows]
+    turns = [[c.text() for c in d.find("summary").find_all("span")] for d in page.find_all("details", "turn")]
+    assert [row[2] for row in turns] == [f"≈ {r['context_tokens_est']}" for r in rows]

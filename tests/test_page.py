@@ -104,7 +104,7 @@ def test_one_row_per_turn_with_the_numbers_of_the_json_report(hostile):
         assert len(rows) == len(doc["turns"]) == doc["summary"]["turns"]
         for cells, turn in zip(rows, doc["turns"]):
             shown = [c[0] for c in cells]
-            assert shown == [report._status(turn) if c == "status" else report._cell(turn.get(c), c)
+            assert shown == [report.turn_cell(turn, c)
                              for c in ("turn", "tier", "context_tokens", "ttft_s", "prefill_tps",
                                        "decode_tps", "reasoning_tokens", "status")]
             values = [c[1] for c in cells]
@@ -115,7 +115,12 @@ def test_one_row_per_turn_with_the_numbers_of_the_json_report(hostile):
     example_page = parse(html_report(example()).out)
     assert [c[0] for c in turn_rows(example_page)[0]] == ["1", "foundations", "215", "0.249", "478.4",
                                                           "158.1", "0", "ok"]
-    assert [cells[-1][0] for cells in turn_rows(parse(html_report(hostile[0]).out))] == ["ok", "http", "ok"]
+    hostile_rows = turn_rows(parse(html_report(hostile[0]).out))
+    assert [cells[-1][0] for cells in hostile_rows] == ["ok", "http", "ok"]
+    # the scripted server sent no usage: the context sizes are the client's, marked as in the text report
+    assert [cells[2][0] for cells in hostile_rows] == [
+        f"≈ {t['context_tokens']}" if t["context_tokens"] is not None else "-" for t in json_report(hostile[0])["turns"]]
+    assert hostile_rows[0][2][0].startswith("≈ ")
 
 
 def test_the_page_holds_identity_summary_figure_and_tiers():
