@@ -51,9 +51,11 @@ server: $(ENGINE_PREREQ)
 server-stop:
 	@$(BIN)/python -m lalmpipe.localserver stop
 
+# the chat takes the one model the server lists, by the name it serves it under
+# (transformers serve answers only to the model's folder, not to MODEL's alias)
 demo: $(ENGINE_PREREQ)
 	@$(BIN)/python -m lalmpipe.localserver run $(ENGINE_ARGS) -- \
-	  $(MAKE) --no-print-directory bench ROUNDS=$(DEMO_ROUNDS) MAX_TOKENS=64 \
+	  $(MAKE) --no-print-directory bench MODEL= MODELS= ROUNDS=$(DEMO_ROUNDS) MAX_TOKENS=64 \
 	  CHAT_ARGS="--probe-every $(DEMO_PROBES) --temperature 0 $(CHAT_ARGS)" \
 	  REPORT_ARGS="--min-fact-age $(DEMO_FACT_AGE) $(REPORT_ARGS)"
 

@@ -38,3 +38,21 @@ def test_no_window_is_enforced_so_there_is_no_ceiling(run):
     # the long turn, half again as long as the others' window, is answered in full
     assert last["status"] == "ok" and last["prompt_tokens"] > WINDOW_TOKENS * 1.2
     assert run.report["ceiling"] is None
+
+
+def test_make_demo_with_a_model_alias_runs_on_transformers(tmp_path):
+    # transformers serve answers only to the model's folder: the demo must not send MODEL's alias
+    import glob
+    import json
+    import subprocess
+
+    from conftest import ROOT
+    done = subprocess.run(["make", "-s", "-o", "install", "demo", "ENGINE=transformers", "MODEL=smollm2-135m",
+                           "DEMO_ROUNDS=2", "DEMO_PROBES=1", "DEMO_FACT_AGE=1", f"LOGS={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [recording] = [p for p in glob.glob(f"{tmp_path}/lalm_benchmark_run_*.jsonl") if not p.endswith(".metrics.jsonl")]
+    with open(recording) as fp:
+        records = [json.loads(line) for line in fp]
+    assert records[0]["model"].endswith("smollm2-135m-hf")
+    assert [r["status"] for r in records if r["kind"] == "turn"] == ["ok", "ok"]
