@@ -2,7 +2,8 @@
 
 On a terminal: a live counter while a turn streams, then one line per finished
 turn (turn k of N, tier, context, TTFT, decode speed, reasoning), measured as
-lalm-metrics measures it, with the time left, and one per round of probes. Notices (retries, the stop) go to stderr in a pipeline too; -q silences all.
+lalm-metrics measures it, with the time left, and one per round of probes.
+Notices (retries, the stop) go to stderr in a pipeline too; -q silences all.
 """
 from __future__ import annotations
 
