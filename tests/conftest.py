@@ -56,7 +56,7 @@ class Measured:
         self.text = run_main(report.main, [], m.out).out
 
 
-def least_timing_errors(run, check, tries: int = 3) -> dict[str, list[float]]:
+def least_timing_errors(run, check, tries: int = 5) -> dict[str, list[float]]:
     """Run a timed scenario until `check` passes on the least errors seen, turn by turn.
 
     `run` returns named lists of errors (one per turn, the same turns every run);
