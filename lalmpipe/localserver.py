@@ -293,9 +293,9 @@ def install(engine: Engine) -> None:
     t = time.monotonic()
     pip = [engine.python(), "-m", "pip", "--disable-pip-version-check"]
     _run([[sys.executable, "-m", "venv", engine.venv],
-              [*pip, "install", *engine.requirements],
-              *([[*pip, "uninstall", "-y", *engine.remove]] if engine.remove else [])],
-             log, dict(os.environ, **dict(engine.build_env)))
+          [*pip, "install", *engine.requirements],
+          *([[*pip, "uninstall", "-y", *engine.remove]] if engine.remove else [])],
+         log, dict(os.environ, **dict(engine.build_env)))
     with open(_stamp(engine), "w") as fp:
         fp.write("\n".join(engine.requirements) + "\n")
     say(f"installed {engine.name} in {time.monotonic() - t:.0f} s")
@@ -319,7 +319,7 @@ def convert(model: Model) -> None:
     t = time.monotonic()
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hfmodel.py")
     _run([[converter.python(), script, model.path, hf_folder(model)]],
-             os.path.join(CACHE, "convert.log"), dict(os.environ, **dict(converter.env)))
+         os.path.join(CACHE, "convert.log"), dict(os.environ, **dict(converter.env)))
     say(f"converted it in {time.monotonic() - t:.0f} s: {hf_folder(model)}")
 
 

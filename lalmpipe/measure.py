@@ -106,20 +106,21 @@ def prefill_tps(prompt_tokens: int | None, cached: int | None, ttft_s: float | N
     return (prompt_tokens - (cached or 0)) / ttft_s
 
 
+# a refused request's size as llama.cpp and some other servers put it in the error
+PROMPT_SIZE = (r'"n_prompt_tokens"\s*:\s*(\d+)', r"request \((\d+) tokens\)", r"prompt is too long: (\d+) tokens")
+
+
 def overflow_prompt_tokens(body: str | None) -> int | None:
     """The prompt size an overflow error reports: llama.cpp's n_prompt_tokens,
     vLLM's "(N in the messages", or a "request (N tokens)" message."""
-    return _first_number(body, (r'"n_prompt_tokens"\s*:\s*(\d+)', r"(\d+) in the messages",
-                                r"request \((\d+) tokens\)", r"prompt is too long: (\d+) tokens"))
+    return _first_number(body, (*PROMPT_SIZE, r"(\d+) in the messages"))
 
 
 def overflow_tokens(body: str | None) -> int | None:
     """The size a server gave the request it refused as too long for its window:
     llama.cpp's n_prompt_tokens, vLLM's "at least N input tokens" (older builds:
     "you requested M tokens", the messages and max_tokens together)."""
-    return _first_number(body, (r'"n_prompt_tokens"\s*:\s*(\d+)', r"at least (\d+) input tokens",
-                                r"you requested (\d+) tokens", r"request \((\d+) tokens\)",
-                                r"prompt is too long: (\d+) tokens"))
+    return _first_number(body, (*PROMPT_SIZE, r"at least (\d+) input tokens", r"you requested (\d+) tokens"))
 
 
 def _first_number(text: str | None, patterns: tuple[str, ...]) -> int | None:

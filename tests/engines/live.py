@@ -13,6 +13,8 @@ import os
 import shutil
 import time
 
+import pytest
+
 from conftest import ROOT, Measured, run_main
 from lalmpipe import chat, prompts, tokens
 from lalmpipe.localserver import LocalServer, prepare
@@ -61,6 +63,15 @@ def raw_stream(srv, text: str, max_tokens: int) -> list:
     return lines
 
 
+def run_fixture(name: str, ctx: int | None = WINDOW_TOKENS):
+    """A module's `run`: the engine started once, its recorded run, the engine stopped."""
+    @pytest.fixture(scope="module")
+    def run(tmp_path_factory):
+        with engine(name, ctx=ctx) as srv:
+            yield recorded_run(srv, name, tmp_path_factory.mktemp(name))
+    return run
+
+
 def recorded_run(srv, name: str, tmp_path) -> Measured:
     """Four turns and the long one, recorded (lalm-chat --output) and measured."""
     first = run_main(prompts.main, ["--num-rounds", "4"]).out
@@ -99,3 +110,9 @@ def assert_counts_are_the_engines(run: Measured, turns: int = 4) -> None:
         assert 0 < row["ttft_s"] < row["e2e_s"] and row["decode_tps"] > 0
     prompt_tokens = [r["prompt_tokens"] for r in run.rows[:turns]]
     assert all(b > a for a, b in zip(prompt_tokens, prompt_tokens[1:])), prompt_tokens
+
+
+def assert_usage_on_a_chunk_without_choices(run: Measured, turns: int = 4) -> None:
+    """The engine sends its usage last, on a chunk of its own whose choices are empty."""
+    for turn in run.turns[:turns]:
+        assert [e for e in events(turn) if e.get("usage")][-1]["choices"] == []

@@ -1,20 +1,14 @@
 """llama.cpp's llama-server: usage on a chunk with no choices, the window in
 /props, HTTP 400 exceed_context_size_error at the window."""
-import pytest
-
-from live import WINDOW_TOKENS, assert_counts_are_the_engines, engine, events, recorded_run
+from live import WINDOW_TOKENS, assert_counts_are_the_engines, assert_usage_on_a_chunk_without_choices, run_fixture
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    with engine("llama.cpp") as srv:
-        yield recorded_run(srv, "llama.cpp", tmp_path_factory.mktemp("llama.cpp"))
+run = run_fixture("llama.cpp")
 
 
 def test_the_counts_are_the_servers_usage(run):
     assert_counts_are_the_engines(run)
-    for turn in run.turns[:4]:
-        assert [e for e in events(turn) if e.get("usage")][-1]["choices"] == []
+    assert_usage_on_a_chunk_without_choices(run)
 
 
 def test_the_preflight_reads_the_window_from_props(run):

@@ -7,13 +7,10 @@ import os
 
 import pytest
 
-from live import FIXTURES, engine, events, long_prompt, raw_stream, recorded_run, recording, usage
+from live import FIXTURES, engine, events, long_prompt, raw_stream, recording, run_fixture, usage
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    with engine("llama-cpp-python") as srv:
-        yield recorded_run(srv, "llama-cpp-python", tmp_path_factory.mktemp("llama-cpp-python"))
+run = run_fixture("llama-cpp-python")
 
 
 def test_no_usage_comes_so_the_counts_are_the_clients_estimates(run):

@@ -1,14 +1,16 @@
 """transformers serve: the role chunk at t = 0, before prefill; usage on the
 finish chunk; no [DONE]; no window told and none enforced."""
+import glob
+import json
+import subprocess
+
 import pytest
 
-from live import WINDOW_TOKENS, assert_counts_are_the_engines, engine, events, recorded_run
+from conftest import ROOT
+from live import WINDOW_TOKENS, assert_counts_are_the_engines, events, run_fixture
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    with engine("transformers", ctx=None) as srv:
-        yield recorded_run(srv, "transformers", tmp_path_factory.mktemp("transformers"))
+run = run_fixture("transformers", ctx=None)
 
 
 def test_the_counts_are_the_engines_usage_on_the_finish_chunk(run):
@@ -42,11 +44,6 @@ def test_no_window_is_enforced_so_there_is_no_ceiling(run):
 
 def test_make_demo_with_a_model_alias_runs_on_transformers(tmp_path):
     # transformers serve answers only to the model's folder: the demo must not send MODEL's alias
-    import glob
-    import json
-    import subprocess
-
-    from conftest import ROOT
     done = subprocess.run(["make", "-s", "-o", "install", "demo", "ENGINE=transformers", "MODEL=smollm2-135m",
                            "DEMO_ROUNDS=2", "DEMO_PROBES=1", "DEMO_FACT_AGE=1", f"LOGS={tmp_path}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
