@@ -38,10 +38,19 @@ def lines(path):
         return [json.loads(line) for line in fp if line.strip()]
 
 
+def written_turns(path) -> int:
+    """The turns a running lalm-chat has written whole: a long record may be caught
+    half-written (a line longer than the file buffer goes out in several writes)."""
+    if not os.path.exists(path):
+        return 0
+    with open(path) as fp:
+        return sum(1 for line in fp if line.endswith("\n") and json.loads(line)["kind"] == "turn")
+
+
 def wait_for_turns(path, n, timeout=20):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if os.path.exists(path) and sum(1 for r in lines(path) if r["kind"] == "turn") >= n:
+        if written_turns(path) >= n:
             return
         time.sleep(0.02)
     raise AssertionError(f"{path}: fewer than {n} turns after {timeout} s")
