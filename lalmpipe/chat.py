@@ -23,9 +23,9 @@ import uuid
 import msgspec
 
 from . import __version__
-from .jsonl import (ExitCode, InputError, RecordWriter, UsageError, add_common_args, add_input_args,
-                    new_parser, non_negative_int, positive_int, positive_seconds, read_records,
-                    run_command)
+from .cli import (ExitCode, add_common_args, add_input_args, new_parser, non_negative_int, positive_int, positive_seconds, run_command)
+from .errors import InputError, UsageError
+from .jsonl import RecordWriter, read_records
 from .conversation import Chat, Conversation, Interrupts, now_iso, request_params
 from .progress import Progress
 from .records import DEFAULT_SETTINGS, Prompt, Run, Server, Settings

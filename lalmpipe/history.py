@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from .jsonl import InputError, UsageError, recording
+from .errors import InputError, UsageError
+from .jsonl import recording
 from .reasoning import read_stream
 from .records import STATUS_OK, Exchange, HistorySource, Prompt, Turn
 

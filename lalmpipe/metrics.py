@@ -19,8 +19,9 @@ import re
 from typing import Iterable, Iterator
 
 from . import measure, recall, tokens
-from .jsonl import (ExitCode, InputError, RecordWriter, add_common_args, add_input_args, new_parser,
-                    read_records, run_command)
+from .cli import ExitCode, add_common_args, add_input_args, new_parser, run_command
+from .errors import InputError
+from .jsonl import RecordWriter, read_records
 from .measure import SERVER, r3, r6
 from .history import own_answer
 from .reasoning import read_stream

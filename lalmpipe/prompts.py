@@ -17,8 +17,9 @@ import json
 from typing import Iterator
 
 from .bundled import bundled, open_text
-from .jsonl import (ExitCode, InputError, RecordWriter, add_common_args, new_parser, positive_int,
-                    run_command)
+from .cli import ExitCode, add_common_args, new_parser, positive_int, run_command
+from .errors import InputError
+from .jsonl import RecordWriter
 from .records import TIERS, Prompt
 
 PROG = "lalm-prompts"

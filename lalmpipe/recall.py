@@ -54,7 +54,7 @@ from typing import NamedTuple
 import msgspec
 
 from .bundled import bundled, open_text
-from .jsonl import InputError
+from .errors import InputError
 from .records import Fact
 
 DEFAULT_FACTS = bundled("lalm_facts.json")

@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from .jsonl import (ExitCode, InputError, add_common_args, new_parser, non_negative_float,
-                    port_number, read_records, run_command)
+from .cli import ExitCode, add_common_args, new_parser, non_negative_float, port_number, run_command
+from .errors import InputError
+from .jsonl import read_records
 from .records import Probe, Run, Turn
 from .sse import encode_event
 

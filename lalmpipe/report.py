@@ -20,8 +20,9 @@ import csv
 import json
 
 from . import measure
-from .jsonl import (ExitCode, InputError, UsageError, add_common_args, add_input_args, file_ending,
-                    new_parser, non_negative_int, read_records, run_command)
+from .cli import (ExitCode, add_common_args, add_input_args, file_ending, new_parser, non_negative_int, run_command)
+from .errors import InputError, UsageError
+from .jsonl import read_records
 from .plot import PLOT_FILES
 from .records import Metrics, Run
 

@@ -6,7 +6,8 @@ import io
 import json
 import os
 
-from .jsonl import InputError, UsageError, recording
+from .errors import InputError, UsageError
+from .jsonl import recording
 from .history import exchanges
 from .records import Prompt, Run, Turn
 

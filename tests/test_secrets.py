@@ -8,7 +8,7 @@ import pytest
 
 from conftest import SECRET, prompts_jsonl, run_main
 from lalmpipe import chat
-from lalmpipe.jsonl import entry
+from lalmpipe.cli import entry
 from lalmpipe.localserver import free_port
 from lalmpipe.redact import credentials, redact
 from lalmpipe.replay import Script
