@@ -3,14 +3,20 @@
 Usage:
     lalm-replay RECORDING.jsonl [--port N] [--host 127.0.0.1] [--speed X]
 
-Answers each `POST /v1/chat/completions` with the next request of the
-recording, in the order lalm-chat sent them: its turns and, after a turn, the
-probes it asked (--probe-every). Each answer has the same events, byte-exact,
-at the recorded offsets from the moment the request arrived (divided by
---speed; --speed 0 sends at once). A recorded failure is replayed as it was:
-its HTTP status and body, the stream cut where it was cut, or a stall (the
-client's timeout) held open with nothing more sent. `GET /v1/models` lists the
-recorded model.
+Answers each `POST /v1/chat/completions` with the recorded request that asked
+the same thing: the same questions, in the same order, as the conversation's
+user messages (a standing rule or a cold marker in front of the first aside),
+whether a turn or a probe. A request sent again gets the same answer again, a
+second run the same answers as the first, and a resumed run the answers of the
+turns it goes on with; a request the recording does not hold gets HTTP 404
+naming its prompt. Each answer has the same events, byte-exact, at the
+recorded offsets from the moment the request arrived (divided by --speed;
+--speed 0 sends at once). A recorded failure is replayed as it was: its HTTP
+status and body, the stream cut where it was cut, or a stall (the client's
+timeout) held open with nothing more sent. The server tells about itself what
+the recorded one told lalm-chat (its models, its window, its software: `GET
+/v1/models`, llama.cpp's `/props`, LM Studio's `/api/v0/models`, Ollama's
+`/api/show`), so a replayed run's record names the same server.
 
 Example:
     lalm-replay examples/smollm2.jsonl --port 8800 &
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import select
 import signal
@@ -35,11 +42,16 @@ from urllib.parse import urlsplit
 from .cli import ExitCode, add_common_args, new_parser, non_negative_float, port_number, run_command
 from .errors import InputError
 from .jsonl import read_records
-from .records import Probe, Run, Turn
+from .history import exchanges
+from .records import Probe, Run, Server, Turn
 from .sse import encode_event
 
 PROG = "lalm-replay"
 STALL_POLL_S = 0.2   # how soon a held stall notices that the server is closing
+QUOTED_CHARS = 60    # of a prompt named in an error
+# why a listening socket was refused, in words (other reasons: the system's own, lower-cased)
+BIND_REASONS = {errno.EADDRINUSE: "address already in use",
+                errno.EADDRNOTAVAIL: "not an address of this machine"}
 
 
 @dataclass
@@ -91,18 +103,40 @@ def models_routes(models) -> dict:
     return {"/v1/models": doc, "/models": doc}
 
 
+def server_routes(server: Server, model: str) -> dict:
+    """Answer what lalm-chat's preflight asks (lalmpipe.serverinfo) as the recorded server did,
+    so that it learns the same: the models, then the window where that server tells it."""
+    window = server.context_window
+    routes = models_routes(server.models or [model])
+    if server.software == "vllm" and window:
+        for entry in routes["/v1/models"]["data"]:
+            if entry["id"] == model:
+                entry["max_model_len"] = window
+    elif server.software == "llama.cpp" and window:
+        routes["/props"] = {"default_generation_settings": {"n_ctx": window},
+                            "build_info": server.build, "total_slots": server.total_slots}
+    elif server.software == "lm-studio" and window:
+        routes["/api/v0/models"] = {"data": [{"id": model, "loaded_context_length": window,
+                                              "max_context_length": server.max_context_length}]}
+    elif server.software == "ollama":
+        trained = {"general.context_length": server.trained_context} if server.trained_context else {}
+        routes["/api/show"] = {"model_info": trained, "parameters": f"num_ctx {window}" if window else ""}
+    return routes
+
+
 class ReplayServer(ThreadingHTTPServer):
     """An HTTP server on loopback that answers chat requests from scripts."""
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, answer, model: str = "replay", host="127.0.0.1", port=0, speed=1.0):
+    def __init__(self, answer, model: str = "replay", host="127.0.0.1", port=0, speed=1.0, routes=None):
+        self.closing = threading.Event()  # before binding: a failed bind closes the server
         super().__init__((host, port), _Handler)
         self.answer = answer              # (index, request body) -> Script
         self.speed = speed
-        self.routes = {**models_routes([model]), "/health": {"status": "ok"}}  # path -> JSON, GET or POST
-        self.closing = threading.Event()
+        # path -> JSON, GET or POST
+        self.routes = {**models_routes([model]), "/health": {"status": "ok"}, **(routes or {})}
         self._served = 0
         self._lock = threading.Lock()
 
@@ -214,53 +248,89 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.close()
 
 
-class Replayer:
-    """Answer the k-th request with the k-th recorded one, a turn or a probe; note mismatches."""
+Key = tuple[str, ...]  # the questions a conversation had asked, in order, the request's own last
 
-    def __init__(self, requests: list[Turn | Probe], stderr):
+
+class Recording:
+    """The recorded requests, turns and probes, each under the questions its conversation had asked."""
+
+    def __init__(self, run: Run | None, requests: list[tuple[Key, Turn | Probe]]):
+        self.run = run
         self.requests = requests
+        self._by_depth: dict[int, list[tuple[Key, Turn | Probe]]] = {}
+        for key, rec in requests:
+            self._by_depth.setdefault(len(key), []).append((key, rec))
+
+    def answering(self, asked: list[str]) -> Turn | Probe | None:
+        """The recorded request that asked `asked` (a request's user messages), or None."""
+        found = None
+        for key, rec in self._by_depth.get(len(asked), ()):
+            if all(map(same_question, asked, key, range(len(key)))):
+                found = rec     # the last one: a turn redone on --resume, not its interrupted try
+        return found
+
+    def not_held(self, asked: list[str]) -> str:
+        """Say that no recorded request asked `asked`, and where the recording asked its last question."""
+        text = asked[-1] if asked else ""
+        quoted = text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS] + "…"
+        where = sorted({len(key) - 1 for key, _ in self.requests
+                        if same_question(text, key[-1], len(asked) - 1)})
+        after = (f" after {len(asked) - 1} earlier prompts (the recording asked it after "
+                 f"{', '.join(map(str, where))})" if where else "")
+        return f"no recorded turn answers the prompt '{quoted}'{after}"
+
+
+def same_question(sent: str, recorded: str, place: int) -> bool:
+    """Whether a user message asks a recorded question: the first may carry a standing
+    rule ("RULE\n\nprompt") or a cold marker ("[run/turn]\n") in front."""
+    return sent == recorded or (place == 0 and sent.endswith("\n" + recorded))
+
+
+def asked_in(body: dict) -> list[str]:
+    """The user messages of a chat request, in order."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list):
+        messages = []
+    return [c if isinstance(c, str) else json.dumps(c) for c in
+            (m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user")]
+
+
+class Replayer:
+    """Answer each request with the recorded one that asked the same; 404 when none did."""
+
+    def __init__(self, recording: Recording, stderr):
+        self.recording = recording
         self.stderr = stderr
 
-    def __call__(self, index: int, body: dict) -> Script:
-        if index >= len(self.requests):
-            print(f"{PROG}: request {index + 1}: the recording has only {len(self.requests)} requests",
-                  file=self.stderr, flush=True)
-            msg = {"error": {"message": f"recording exhausted after {len(self.requests)} requests",
-                             "type": "replay_exhausted"}}
-            return Script(status=410, body=json.dumps(msg).encode())
-        rec = self.requests[index]
-        users = [m for m in body.get("messages") or [] if m.get("role") == "user"]
-        mismatch = asked_otherwise(rec, str(users[-1].get("content")) if users else "")
-        if mismatch:
-            print(f"{PROG}: request {index + 1}: last user message is not {mismatch}",
-                  file=self.stderr, flush=True)
-        return script_from_record(rec)
+    def __call__(self, index: int, request: dict) -> Script:
+        asked = asked_in(request)
+        rec = self.recording.answering(asked)
+        if rec is not None:
+            return script_from_record(rec)
+        message = self.recording.not_held(asked)
+        print(f"{PROG}: request {index + 1}: {message}", file=self.stderr, flush=True)
+        body = {"error": {"message": message, "type": "not_recorded"}}
+        return Script(status=404, body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
 
 
-def asked_otherwise(rec: Turn | Probe, sent: str) -> str | None:
-    """Name what the recorded request asked, when the last user message `sent` is something else."""
-    if isinstance(rec, Probe):
-        if sent == rec.fact.question:
-            return None
-        return (f"the question of fact {rec.fact.id} "
-                f"(replaying the probe after turn {rec.after_turn} anyway)")
-    # a standing rule may ride in front of the first prompt
-    if sent.endswith(rec.prompt.text or "\0"):
-        return None
-    return f"the recorded prompt {rec.prompt.id} (replaying turn {rec.turn} anyway)"
-
-
-def load_requests(inputs, stdin) -> tuple[list[Turn | Probe], str | None]:
-    """Read the recorded requests, turns and probes in the order they were sent, and the model."""
-    requests, model = [], None
+def load_recording(inputs, stdin) -> Recording:
+    """Read the recorded requests, each under what its conversation had asked when it was
+    sent (the history rebuilt as lalm-chat --resume rebuilds it), and the first run record."""
+    run, requests, asked = None, [], {}
     for item in read_records(inputs, stdin, consumes={"turn", "probe", "run"}, passes={"prompt", "metrics"}):
-        if isinstance(item.record, Run):
-            model = model or item.record.model
-        elif item.record is not None:
-            requests.append(item.record)
-    if not any(isinstance(r, Turn) for r in requests):
+        rec = item.record
+        if isinstance(rec, Run):
+            run = run or rec
+        elif isinstance(rec, Probe):
+            requests.append(((*asked.get(rec.run_id, ()), rec.fact.question), rec))
+        elif isinstance(rec, Turn):
+            before = asked.get(rec.run_id, ())
+            requests.append(((*before, *(ex.prompt.text for ex in rec.skipped), rec.prompt.text), rec))
+            # the question enters the history only if its answer did
+            asked[rec.run_id] = (*before, *(ex.prompt.text for ex in exchanges(rec, False)))
+    if not any(isinstance(r, Turn) for _, r in requests):
         raise InputError(f"{inputs[0] if inputs else 'stdin'}: no turn records to replay")
-    return requests, model
+    return Recording(run, requests)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,11 +348,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def work(args, stdin, stdout, stderr) -> int:
-    requests, model = load_requests(args.inputs, stdin)
-    server = ReplayServer(Replayer(requests, stderr), model=model or "replay", host=args.host,
-                          port=args.port, speed=args.speed)
-    probes = sum(isinstance(r, Probe) for r in requests)
-    what = f"{len(requests) - probes} turns" + (f" and {probes} probes" if probes else "")
+    recording = load_recording(args.inputs, stdin)
+    run = recording.run
+    model = (run and run.model) or "replay"
+    try:
+        server = ReplayServer(Replayer(recording, stderr), model=model, host=args.host, port=args.port,
+                              speed=args.speed, routes=server_routes(run.server if run else Server(), model))
+    except OSError as e:
+        reason = BIND_REASONS.get(e.errno) or (e.strerror or str(e)).lower()
+        raise InputError(f"cannot listen on {args.host}:{args.port}: {reason}") from None
+    probes = sum(isinstance(r, Probe) for _, r in recording.requests)
+    what = f"{len(recording.requests) - probes} turns" + (f" and {probes} probes" if probes else "")
     try:
         with _signals_interrupt():
             print(f"{PROG}: replaying {what} at {server.base_url} (speed {args.speed:g}); Ctrl-C stops",

@@ -8,14 +8,17 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+
+import msgspec
 
 import pytest
 
 from conftest import ROOT, least_timing_errors, prompts_jsonl, run_main
 from lalmpipe import chat, metrics
 from lalmpipe.localserver import free_port
-from lalmpipe.records import Turn
+from lalmpipe.records import Run, Turn
 from lalmpipe.replay import ReplayServer, Script, script_from_record
 from scripted import FACTS, ForkedServer, scripted_model, stream
 
@@ -80,21 +83,132 @@ def test_round_trip_keeps_ttft_and_decode_speed(api_key):
     least_timing_errors(replayed, kept)
 
 
-def test_speed_zero_sends_at_once_and_mismatches_are_said(api_key, tmp_path):
+def test_speed_zero_sends_at_once(api_key):
     run, turns = recorded(EXAMPLE)
     proc, url = start_replay(EXAMPLE, "--speed", "0")
     try:
         with urllib.request.urlopen(url + "/models") as r:
             assert json.load(r)["data"][0]["id"] == run["model"]
         t0 = time.perf_counter()
-        other = prompts_of(turns[:2]).replace(turns[1]["prompt"]["text"], "something else")
-        again = run_main(chat.main, ["--base-url", url, "-q"], other)
+        again = run_main(chat.main, ["--base-url", url, "-q"], prompts_of(turns))
         elapsed = time.perf_counter() - t0
     finally:
-        code, err = stop(proc)
+        stop(proc)
     assert again.code == 0 and elapsed < 1.0
-    assert "request 2: last user message is not the recorded prompt" in err
-    assert again.records[2]["content"] == turns[1]["content"]
+    assert [t["content"] for t in again.records[1:]] == [t["content"] for t in turns]
+
+
+def test_a_prompt_the_recording_does_not_hold_is_answered_404_naming_it(api_key):
+    run, turns = recorded(EXAMPLE)
+    unknown = "Which compressor settings would you pick for a dub techno bassline at 118 BPM?"
+    proc, url = start_replay(EXAMPLE, "--speed", "0")
+    try:
+        ask = urllib.request.Request(url + "/chat/completions", method="POST", data=json.dumps(
+            {"model": "m", "stream": True, "messages": [{"role": "user", "content": unknown}]}).encode())
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(ask)
+        body = json.loads(refused.value.read())
+        third = urllib.request.Request(url + "/chat/completions", method="POST", data=json.dumps(
+            {"messages": [{"role": "user", "content": turns[2]["prompt"]["text"]}]}).encode())
+        with pytest.raises(urllib.error.HTTPError) as out_of_place:
+            urllib.request.urlopen(third)
+        other = prompts_of(turns[:2]).replace(turns[1]["prompt"]["text"], unknown)
+        again = run_main(chat.main, ["--base-url", url, "-q"], other)
+    finally:
+        code, err = stop(proc)
+    named = f"no recorded turn answers the prompt '{unknown[:60]}…'"
+    assert refused.value.code == 404 and body["error"]["message"] == named
+    assert json.loads(out_of_place.value.read())["error"]["message"] == (
+        f"no recorded turn answers the prompt '{turns[2]['prompt']['text'][:60]}…' "
+        "after 0 earlier prompts (the recording asked it after 2)")
+    assert again.code == 0, again.err
+    t1, t2 = again.records[1:]
+    assert t1["content"] == turns[0]["content"]
+    assert (t2["status"], t2["http_status"], t2["error"]["kind"], t2["error"]["message"]) == (
+        "error", 404, "http", named)
+    assert f"lalm-replay: request 4: {named}\n" in err
+
+
+def test_two_pipelines_in_a_row_get_the_same_answers(api_key):
+    run, turns = recorded(EXAMPLE)
+    proc, url = start_replay(EXAMPLE, "--speed", "0")
+    try:
+        first, second = (run_main(chat.main, ["--base-url", url, "-q", "--max-tokens", "96"], prompts_of(turns))
+                         for _ in range(2))
+    finally:
+        stop(proc)
+    assert first.code == second.code == 0, second.err
+    assert answers(first.out) == answers(second.out)
+    assert [t["content"] for t in second.records[1:]] == [t["content"] for t in turns]
+
+
+def test_a_resumed_run_gets_the_recorded_answers_of_the_turns_it_goes_on_with(api_key, tmp_path):
+    with open(EXAMPLE) as fp:
+        recording = fp.read()
+    run, turns = recorded(EXAMPLE)
+    proc, url = start_replay(EXAMPLE, "--speed", "0")
+    cut = tmp_path / "cut.jsonl"   # the run as lalm-chat left it, against this server, after turn 2
+    cut.write_text("".join(json.dumps(r) + "\n" for r in [dict(run, base_url=url), *turns[:2]]))
+    try:
+        resumed = run_main(chat.main, ["--base-url", url, "-q", "--output", str(cut), "--resume"],
+                           prompts_of(turns))
+    finally:
+        stop(proc)
+    assert resumed.code == 0, resumed.err
+    again = [r for r in map(json.loads, cut.read_text().splitlines()) if r["kind"] == "turn"]
+    assert [(t["turn"], t["content"]) for t in again] == [(t["turn"], t["content"]) for t in turns]
+    assert [(m["prompt_tokens"], m["truncated"]) for m in measure(cut.read_text())] == [
+        (m["prompt_tokens"], m["truncated"]) for m in measure(recording)]
+
+
+def test_a_turn_redone_after_an_interruption_replays_as_redone(api_key, tmp_path):
+    run, turns = recorded(EXAMPLE)
+    broken = dict(turns[1], status="interrupted", chunks=turns[1]["chunks"][:3], content="",
+                  error={"kind": "interrupted", "message": "interrupted by the user", "body": None})
+    rec = tmp_path / "resumed.jsonl"
+    rec.write_text("".join(json.dumps(r) + "\n" for r in [run, turns[0], broken, dict(turns[1], turn=3)]))
+    again, err = rerun(rec, ["-q"], prompts_of(turns[:2]), "--speed", "0")
+    assert again.code == 0 and err == "lalm-replay: interrupted\n", err   # nothing said but the stop
+    assert [(t["status"], t["content"]) for t in again.records[1:]] == [
+        ("ok", turns[0]["content"]), ("ok", turns[1]["content"])]
+
+
+def test_a_cold_run_with_markers_replays_in_step(api_key, tmp_path):
+    argv = ["--model", "m", "-q", "--cold"]
+    prompts = prompts_jsonl([f"prompt {i}" for i in range(1, 4)])
+    with ForkedServer(scripted_model) as srv:
+        first = run_main(chat.main, ["--base-url", srv.base_url, *argv], prompts)
+    assert [t["marker"] for t in first.records[1:]] == [f"[{first.records[0]['run_id']}/{n}]\n" for n in (1, 2, 3)]
+    recording = tmp_path / "cold.jsonl"
+    recording.write_text(first.out)
+    again, err = rerun(recording, argv, prompts, "--speed", "0")
+    assert again.code == 0 and "no recorded turn" not in err, err
+    assert answers(again.out) == answers(first.out)
+
+
+SERVERS = {   # what lalm-chat's preflight learnt from each kind of server
+    "llama.cpp": {"models": ["smollm2-135m"], "context_window": 8192, "context_source": "llama.cpp /props",
+                  "software": "llama.cpp", "build": "b0-unknown", "total_slots": 4},
+    "vllm": {"models": ["other", "smollm2-135m"], "context_window": 1024,
+             "context_source": "/v1/models max_model_len", "software": "vllm"},
+    "lm-studio": {"models": ["smollm2-135m"], "context_window": 4096, "context_source": "LM Studio /api/v0/models",
+                  "software": "lm-studio", "max_context_length": 8192},
+    "ollama": {"models": ["smollm2-135m"], "context_window": 2048, "context_source": "ollama /api/show num_ctx",
+               "software": "ollama", "trained_context": 8192},
+    "silent": {"models": ["smollm2-135m", "other"]},
+}
+
+
+@pytest.mark.parametrize("name", SERVERS)
+def test_a_replayed_run_record_tells_the_recorded_server(api_key, tmp_path, name):
+    run, turns = recorded(EXAMPLE)
+    rec = tmp_path / "run.jsonl"
+    rec.write_text("".join(json.dumps(r) + "\n" for r in [dict(run, server=SERVERS[name]), turns[0]]))
+    again, _ = rerun(rec, ["-q", "--model", run["model"]], prompts_of(turns[:1]), "--speed", "0")
+    assert again.code == 0, again.err
+    told = Run.from_dict(again.records[0]).server
+    assert msgspec.to_builtins(told) == msgspec.to_builtins(Run.from_dict(dict(run, server=SERVERS[name])).server)
+    assert told.models == SERVERS[name]["models"]
 
 
 def test_recorded_failures_replay_as_they_were(api_key, tmp_path):
@@ -130,6 +244,22 @@ def test_replay_help_and_bad_recording(tmp_path):
     p = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "lalm-replay"), str(bad)],
                        capture_output=True, text=True)
     assert p.returncode == 1 and p.stderr == f"lalm-replay: error: {bad}:2: invalid JSON\n"
+
+
+def test_a_port_in_use_or_an_address_not_here_is_refused_in_one_line():
+    def replay(*args):
+        return subprocess.run([sys.executable, os.path.join(ROOT, "bin", "lalm-replay"), EXAMPLE, *args],
+                              capture_output=True, text=True, timeout=30)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        in_use = replay("--port", str(port))
+    assert (in_use.returncode, in_use.stderr) == (
+        1, f"lalm-replay: error: cannot listen on 127.0.0.1:{port}: address already in use\n")
+    elsewhere = replay("--host", "192.0.2.1", "--port", "8800")    # TEST-NET-1: no machine's own
+    assert (elsewhere.returncode, elsewhere.stderr) == (
+        1, "lalm-replay: error: cannot listen on 192.0.2.1:8800: not an address of this machine\n")
 
 
 def facts_file(path, doc=FACTS):
@@ -177,7 +307,7 @@ def test_a_probed_run_replays_in_step(api_key, tmp_path):
     assert recalls(again.out) == recalls(first.out)
 
 
-def test_a_probe_asked_something_else_is_said(api_key, tmp_path):
+def test_a_probe_the_recording_does_not_hold_is_answered_404(api_key, tmp_path):
     with ForkedServer(scripted_model) as srv:
         first = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q", "--probe-every", "1",
                                      "--facts", facts_file(tmp_path / "facts.json")], prompts_jsonl(["prompt 1"]))
@@ -187,8 +317,11 @@ def test_a_probe_asked_something_else_is_said(api_key, tmp_path):
     again, err = rerun(recording, ["--model", "m", "-q", "--probe-every", "1",
                                    "--facts", facts_file(tmp_path / "other.json", other)],
                        prompts_jsonl(["prompt 1"]), "--speed", "0")
-    assert "request 2: last user message is not the question of fact tempo" in err
-    assert answers(again.out) == answers(first.out)
+    named = "no recorded turn answers the prompt 'What key?'"
+    assert f"lalm-replay: request 2: {named}\n" in err
+    assert answers(again.out)[0] == answers(first.out)[0]
+    probes = [r for r in map(json.loads, again.out.splitlines()) if r["kind"] == "probe"]
+    assert [(p["status"], p["http_status"], p["error"]["message"]) for p in probes] == [("error", 404, named)]
 
 
 def test_a_recorded_stall_replays_as_a_stall(api_key, tmp_path):
