@@ -48,11 +48,20 @@ def new_run(args, model: str, server: Server, base_url: str, memory: dict | None
 
 
 def load_prompts(args, stdin) -> tuple[list[Prompt], list[dict]]:
-    """The prompts to send, and records of other kinds to pass through."""
-    prompts, others = [], []
+    """The prompts to send, and records of other kinds to pass through.
+
+    A prompt id names one turn (--resume and --history match turns by it):
+    an id read twice is refused, naming where each one was read."""
+    prompts, others, seen = [], [], {}
     for item in read_records(args.inputs, stdin, consumes={"prompt"},
                              hint={"turn": "lalm-chat reads prompts; see lalm-replay"}):
         if isinstance(item.record, Prompt):
+            where = f"{item.source}:{item.lineno}"
+            if item.record.id in seen:
+                raise InputError(f"{where}: prompt id {item.record.id} again (first at "
+                                 f"{seen[item.record.id]}): a prompt id names one turn, "
+                                 "for --resume and --history")
+            seen[item.record.id] = where
             prompts.append(item.record)
         else:
             others.append(item.raw)
