@@ -34,6 +34,7 @@ from .serverinfo import preflight
 
 PROG = "lalm-chat"
 DEFAULT_BASE_URL = "http://localhost:1234/v1"
+BASE_URL_VAR = "OPENAI_BASE_URL"
 
 
 def new_run(args, model: str, server: Server, base_url: str, memory: dict | None, history) -> Run:
@@ -82,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "environment: OPENAI_BASE_URL, OPENAI_API_KEY (sent as a Bearer token, "
                     "never written anywhere)"])
     add_input_args(p)
-    p.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,
-                   help="server URL (default: $OPENAI_BASE_URL or %(default)s)")
+    # the environment's value is not shown: it may hold a key
+    p.add_argument("--base-url", help=f"server URL (default: ${BASE_URL_VAR}, else {DEFAULT_BASE_URL})")
     p.add_argument("--model", help="model name (default: the first the server lists)")
     p.add_argument("--temperature", type=float, default=0.7, help="default: %(default)s")
     p.add_argument("--max-tokens", type=positive_int, default=32768, help="default: %(default)s")
@@ -126,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the partial run in --output FILE")
     add_common_args(p)
     return p
+
+
+def base_url_of(args) -> str:
+    """The server's URL: --base-url, else $OPENAI_BASE_URL, else LM Studio's."""
+    return args.base_url if args.base_url is not None else os.environ.get(BASE_URL_VAR) or DEFAULT_BASE_URL
 
 
 def id_list(text: str) -> list[int]:
@@ -172,7 +178,7 @@ def _run(args, stdin, stdout, stderr) -> int:
     memory = None if done else memory_of(args)
     interrupts = Interrupts()
     with interrupts.installed():
-        transport = Transport(args.base_url, os.environ.get(API_KEY_VAR), settings.stall_timeout)
+        transport = Transport(base_url_of(args), os.environ.get(API_KEY_VAR), settings.stall_timeout)
         try:
             if done:
                 done.check_same(transport.base_url, args.model, prompts)

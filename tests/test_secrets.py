@@ -133,3 +133,11 @@ def test_an_unreachable_server_names_no_credential(api_key, tmp_path):
                               f"http://***@127.0.0.1:{port}/v1?api_key=***&tag=x: ")
     assert ran.err.count("\n") == 1
     assert [s for s in LEAKS if s in ran.err + (out.read_text() if out.exists() else "")] == []
+
+
+def test_the_help_shows_no_credential_of_the_environments_url(monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://bench:{USER_KEY}@h:8080/v1?api_key={QUERY_KEY}")
+    ran = run_main(chat.main, ["--help"])
+    assert ran.code == 0 and "--base-url" in ran.out
+    assert [s for s in LEAKS if s in ran.out + ran.err] == []
+    assert "(default: $OPENAI_BASE_URL, else http://localhost:1234/v1)" in " ".join(ran.out.split())
