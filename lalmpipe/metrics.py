@@ -15,167 +15,25 @@ Example:
 from __future__ import annotations
 
 import argparse
-import re
 from typing import Iterable, Iterator
 
-from . import measure, recall, tokens
 from .cli import ExitCode, add_common_args, add_input_args, new_parser, run_command
 from .errors import InputError
 from .jsonl import RecordWriter, read_records
-from .measure import SERVER, r3, r6
-from .history import own_answer
-from .reasoning import read_stream
-from .outcome import context_tokens
-from .records import DEFAULT_SETTINGS, STATUS_OK, Metrics, Probe, Recall, Run, Turn
+from .ledger import Ledger
+from .records import Probe, Run, Turn
 
 PROG = "lalm-metrics"
 
 
-class Conversation:
-    """Client-side token count of what each request carried."""
-
-    def __init__(self, run: Run | None):
-        settings = run.settings if run else DEFAULT_SETTINGS
-        self.keep_reasoning = settings.keep_reasoning
-        self.window = run.server.context_window if run else None
-        rule = settings.rule or {}
-        try:
-            self.rule_check = re.compile(rule["check"]) if rule.get("check") else None
-        except (re.error, TypeError) as e:
-            raise ValueError(f"run record: settings.rule.check is not a regular expression ({e})") from None
-        # the standing rule rides with the first question
-        self.history_tokens = _add(_count(settings.system or ""), _count(rule.get("text") or ""))
-        self.prev_prompt_tokens: int | None = None     # the last whole prompt the server counted
-        self.prev_request_tokens: int | None = None
-        self.asked_at: dict[int, tuple[int, int | None]] = {}   # prompt id -> (turn, tokens before it)
-
-    def measure(self, turn: Turn) -> Metrics:
-        for ex in turn.skipped:     # in the history, never sent
-            self._enter(ex.prompt.id, ex.turn, _count(ex.prompt.text), _count(ex.answer))
-        prompt_n = _count(turn.prompt.text)
-        # a cold request's marker was sent once, and never entered the history
-        request_tokens = _add(self.history_tokens, _add(prompt_n, _count(turn.marker or "")))
-        view = read_stream(turn.chunks)
-        # each text is counted once: tiktoken is the costly part of a turn
-        content_n, reasoning_n = _count(view.content), _count(view.reasoning)
-        entered = own_answer(turn, view, self.keep_reasoning)     # what lalm-chat appended
-        history = view.history_text(self.keep_reasoning) if entered is None else entered
-        answer_n = content_n if history == view.content else _count(history)
-        row = _metrics(turn, view, self, request_tokens, content_n, reasoning_n)
-        row.conversation_tokens = _add(request_tokens, answer_n)
-        _answer_signals(row, turn, view, self.rule_check)
-        if turn.status == STATUS_OK:
-            if row.prompt_tokens_source == SERVER:
-                self.prev_prompt_tokens = row.prompt_tokens
-            self.prev_request_tokens = request_tokens
-        if entered is not None:
-            self._enter(turn.prompt.id, turn.turn, prompt_n, answer_n)
-        return row
-
-    def _enter(self, prompt_id: int, turn: int, prompt_n: int | None, answer_n: int | None) -> None:
-        """A prompt and its answer join the history the next request carries."""
-        self.asked_at[prompt_id] = (turn, self.history_tokens)
-        self.history_tokens = _add(self.history_tokens, _add(prompt_n, answer_n))
-
-    def score(self, probe: Probe) -> Recall:
-        """Score a forked probe: the right number in the answer?"""
-        view = read_stream(probe.chunks)
-        times = measure.timing(view)
-        usage = view.usage or {}
-        p = usage.get("prompt_tokens")
-        partial = measure.partial_prompt_count(p, None, self.prev_prompt_tokens)
-        asked = _add(self.history_tokens, _count(probe.fact.question))
-        return Recall(run_id=probe.run_id, after_turn=probe.after_turn, fact_id=probe.fact.id,
-                      expected=probe.fact.answer, answer=view.content,
-                      correct=probe.status == STATUS_OK and recall.correct(view.content, probe.fact),
-                      status=probe.status,
-                      context_tokens=None if partial else context_tokens(p, usage.get("completion_tokens")),
-                      ttft_s=r6(times["ttft_s"]), e2e_s=r6(times["e2e_s"]),
-                      context_tokens_est=_add(asked, _count(view.content)),
-                      **self._distance(probe))
-
-    def _distance(self, probe: Probe) -> dict:
-        """How far back the fact was stated: turns and tokens, and its depth in the context."""
-        if probe.fact.stated_in not in self.asked_at:
-            return {}
-        turn, before = self.asked_at[probe.fact.stated_in]
-        now = self.history_tokens
-        since = None if now is None or before is None else now - before
-        return {"stated_turn": turn, "turns_since_stated": probe.after_turn - turn,
-                "tokens_since_stated": since,
-                "depth": None if since is None or not now else round(before / now, 4)}
-
-
-def _answer_signals(row: Metrics, turn: Turn, view, rule_check) -> None:
-    """Signs of degeneration, and whether the standing rule still holds."""
-    ok = turn.status == STATUS_OK
-    row.repeat_3gram_ratio = recall.repeat_ngram_ratio(view.content) if ok else None
-    row.empty_answer = ok and not view.content
-    row.hit_max_tokens = view.finish_reason == "length"
-    row.rule_kept = bool(rule_check.search(view.content)) if ok and rule_check else None
-
-
-def _count(text: str) -> int | None:
-    return tokens.count(text)
-
-
-def _add(a: int | None, b: int | None) -> int | None:
-    return None if a is None or b is None else a + b
-
-
-UNCACHED = "server-uncached"
-
-
-def _metrics(turn: Turn, view, conv: Conversation, request_tokens: int | None,
-             content_n: int | None, reasoning_n: int | None) -> Metrics:
-    times = measure.timing(view)
-    counts = measure.token_counts(view.usage, reasoning_n, content_n)
-    n_gen = measure.generated_tokens(counts, len(view.tokens))
-    cached = measure.cached_tokens(view.usage, view.timings)
-    if counts["prompt_tokens"] is None and turn.error:
-        counts["prompt_tokens"] = measure.overflow_prompt_tokens(turn.error.body)
-    p, c = counts["prompt_tokens"], counts["completion_tokens"]    # the server's
-    growth = None if conv.prev_request_tokens is None or request_tokens is None \
-        else request_tokens - conv.prev_request_tokens
-    partial = measure.partial_prompt_count(p, growth, conv.prev_prompt_tokens)
-    error = turn.error
-    # where the server counted nothing, the client's count of what was sent and received
-    answer_n = _add(reasoning_n, content_n)
-    context_n, context_source = measure.counted(None if partial else context_tokens(p, c),
-                                                _add(request_tokens, answer_n))
-    prompt_n, prompt_source = measure.counted(p, request_tokens)
-    counts["prompt_tokens"], counts["completion_tokens"] = prompt_n, measure.counted(c, answer_n)[0]
-    return Metrics(
-        run_id=turn.run_id, turn=turn.turn, prompt_id=turn.prompt.id,
-        tier=turn.prompt.tier, status=turn.status, error_kind=error.kind if error else None,
-        finish_reason=view.finish_reason,
-        ttft_s=r6(times["ttft_s"]), ttft_content_s=r6(times["ttft_content_s"]),
-        e2e_s=r6(times["e2e_s"]),
-        decode_tps=r3(measure.decode_tps(n_gen, times["ttft_s"], times["e2e_s"])),
-        itl_p50_s=r6(times["itl_p50_s"]), itl_p95_s=r6(times["itl_p95_s"]),
-        itl_max_s=r6(times["itl_max_s"]),
-        **counts,
-        has_reasoning=bool(view.reasoning), reasoning_s=r6(times["reasoning_s"]),
-        cached_tokens=cached,
-        prefill_tps=r3(measure.prefill_tps(p, cached, times["ttft_s"])),
-        context_tokens=context_n, context_tokens_source=context_source,
-        truncated=not partial and measure.truncated(p, c, conv.prev_prompt_tokens, growth, conv.window),
-        server_timings=view.timings,
-        prompt_tokens_source=UNCACHED if partial else prompt_source,
-        context_tokens_est=_add(request_tokens, answer_n),
-        overflow_tokens=measure.overflow_tokens(error.body) if error and error.kind == "context_overflow"
-        else None,
-    )
-
-
 def derive(records: Iterable) -> Iterator:
     """Yield the run records and one metrics record per turn, in order."""
-    conv = Conversation(None)
+    conv = Ledger(None)
     for item in records:
         rec = item.record
         if isinstance(rec, Run):
             try:
-                conv = Conversation(rec)
+                conv = Ledger(rec)
             except ValueError as e:
                 raise InputError(f"{item.source}:{item.lineno}: {e}") from None
             yield item.raw

@@ -11,17 +11,18 @@ import json
 import re
 
 from .records import STATUS_ERROR, STATUS_INTERRUPTED, STATUS_OK, Error
+from .vocab import ErrorKind, Status
 
 OVERFLOW_PATTERNS = re.compile(
     r"exceed_context_size|exceeds the available context|context[_ ]length|"
     r"maximum context|context window|prompt is too long|too many tokens|"
     r"context size|n_ctx|input tokens", re.IGNORECASE)
 
-# statuses worth another try: the server is busy, restarting or overloaded
-TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# statuses worth another try: the server is busy, restarting or overloaded (and every 5xx)
+TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
 
 # the failures the transport can meet before or while reading a stream
-FAILURES = ("interrupted", "timeout", "connection", "stream")
+FAILURES = (ErrorKind.INTERRUPTED, ErrorKind.TIMEOUT, ErrorKind.CONNECTION, ErrorKind.STREAM)
 
 
 def is_overflow_text(text: str | None) -> bool:
@@ -45,11 +46,11 @@ def is_transient(http_status: int | None, failure: str | None, streamed: bool) -
     """Whether trying again may help: a busy server, or a connection that failed before any event."""
     if http_status is not None and http_status >= 400:
         return http_status in TRANSIENT_STATUS or http_status >= 500
-    return failure == "connection" and not streamed
+    return failure == ErrorKind.CONNECTION and not streamed
 
 
 def classify(http_status: int | None, body: str | None, failure: tuple[str, str] | None,
-             view, window: int | None) -> tuple[str, Error | None]:
+             view, window: int | None) -> tuple[Status, Error | None]:
     """Return (status, error) of one request.
 
     `failure` is (kind, message) of what the transport met, kind one of
@@ -57,24 +58,25 @@ def classify(http_status: int | None, body: str | None, failure: tuple[str, str]
     """
     if failure is not None:
         kind, message = failure
-        return (STATUS_INTERRUPTED if kind == "interrupted" else STATUS_ERROR), Error(
+        return (STATUS_INTERRUPTED if kind == ErrorKind.INTERRUPTED else STATUS_ERROR), Error(
             kind=kind, message=message, body=body)
     if http_status is not None and http_status >= 400:
-        kind = "context_overflow" if http_status in (400, 413, 422) and is_overflow_text(body) else "http"
+        kind = (ErrorKind.CONTEXT_OVERFLOW if http_status in (400, 413, 422) and is_overflow_text(body)
+                else ErrorKind.HTTP)
         return STATUS_ERROR, Error(kind=kind, message=error_message(body) or f"HTTP {http_status}",
                                    body=body)
     if view.error is not None:
         text = json.dumps(view.error)
-        kind = "context_overflow" if is_overflow_text(text) else "stream"
+        kind = ErrorKind.CONTEXT_OVERFLOW if is_overflow_text(text) else ErrorKind.STREAM
         return STATUS_ERROR, Error(kind=kind, message=_message(view.error), body=text)
     if view.events == 0:
-        return STATUS_ERROR, Error(kind="empty", message="HTTP 200 with no events")
+        return STATUS_ERROR, Error(kind=ErrorKind.EMPTY, message="HTTP 200 with no events")
     if not view.done and view.finish_reason is None:
-        return STATUS_ERROR, Error(kind="stream", message="stream ended before finish_reason or [DONE]")
+        return STATUS_ERROR, Error(kind=ErrorKind.STREAM, message="stream ended before finish_reason or [DONE]")
     usage = view.usage or {}
     p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
     if view.finish_reason == "length" and window_full(p, c, window):
-        return STATUS_ERROR, Error(kind="context_overflow", message=(
+        return STATUS_ERROR, Error(kind=ErrorKind.CONTEXT_OVERFLOW, message=(
             f"stream cut by the context window ({context_tokens(p, c)} of {window} tokens)"))
     return STATUS_OK, None
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import time
 
-from . import measure
+from .ledger import Ledger
 from .records import STATUS_OK
+from .render.columns import approx
+from .vocab import CountSource
 
 REFRESH_NS = 100_000_000   # redraw the live counter at most ten times a second
 
@@ -39,8 +41,7 @@ class Progress:
         """On a terminal, measure each finished turn as lalm-metrics will (the run's
         earlier turns first, on a resume), so its line shows the report's numbers."""
         if self.live:
-            from .metrics import Conversation
-            self._measured = Conversation(run)
+            self._measured = Ledger(run)
             for turn in earlier:
                 self._measured.measure(turn)
 
@@ -87,7 +88,6 @@ class Progress:
 
 def turn_line(record, row, total: int | None) -> str:
     """One finished turn, in a line, from its metrics."""
-    from .report import approx
     of = f"/{total}" if total else ""
     head = f"turn {record.turn}{of} [{record.prompt.tier}]"
     if record.status != STATUS_OK:
@@ -95,7 +95,7 @@ def turn_line(record, row, total: int | None) -> str:
     if row.ttft_s is None:
         return f"{head} no tokens"
     ctx = approx("?" if row.context_tokens is None else f"{row.context_tokens:,}",
-                 row.context_tokens_source == measure.ESTIMATE)
+                 row.context_tokens_source == CountSource.ESTIMATE)
     return (f"{head} ctx {ctx} tok  TTFT {row.ttft_s:.2f} s  {row.decode_tps or 0:.1f} tok/s"
             + (f"  reasoning {row.reasoning_tokens:,} tok" if row.reasoning_tokens else ""))
 

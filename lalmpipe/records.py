@@ -11,27 +11,25 @@ version 1 recordings are still read.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import msgspec
 
+from .vocab import CountSource, ErrorKind, Status
+
 SCHEMA_VERSION = 2
 
-TIERS = ("foundations", "intermediate", "advanced", "expert", "obscure", "ultra-deep")
+Tier = Literal["foundations", "intermediate", "advanced", "expert", "obscure", "ultra-deep"]
+TIERS: tuple[str, ...] = get_args(Tier)
 
-STATUS_OK, STATUS_ERROR, STATUS_INTERRUPTED = "ok", "error", "interrupted"
-STATUSES = (STATUS_OK, STATUS_ERROR, STATUS_INTERRUPTED)
-
-ERROR_KINDS = ("context_overflow", "http", "connection", "timeout", "stream",
-               "empty", "interrupted")
-
-Status = Literal[STATUSES]
-ErrorKind = Literal[ERROR_KINDS]
+# the vocabularies (lalmpipe.vocab), under the names the stages have long used
+STATUS_OK, STATUS_ERROR, STATUS_INTERRUPTED = Status.OK, Status.ERROR, Status.INTERRUPTED
+ERROR_KINDS = tuple(k.value for k in ErrorKind)
 
 # how a request was made a full prefill (lalm-chat --cold): llama.cpp's own switch,
 # or a unique line at the very start of its first message
 COLD_CACHE_PROMPT, COLD_MARKER = "cache_prompt", "marker"
-ColdWay = Literal[COLD_CACHE_PROMPT, COLD_MARKER]
+ColdWay = Literal["cache_prompt", "marker"]
 
 
 class RecordError(ValueError):
@@ -73,14 +71,16 @@ def _plain(message: str) -> str:
 
 
 class Error(Struct):
-    """Why a request failed: one of ERROR_KINDS, a message, the server's body."""
+    """Why a request failed: its kind, a message, the server's body."""
     kind: ErrorKind
     message: str
     body: str | None = None
 
     def __post_init__(self):
-        if self.kind not in ERROR_KINDS:
-            raise ValueError(f"unknown error kind {self.kind!r} (one of {', '.join(ERROR_KINDS)})")
+        try:
+            self.kind = ErrorKind(self.kind)
+        except ValueError:
+            raise ValueError(f"unknown error kind {self.kind!r} (one of {', '.join(ERROR_KINDS)})") from None
 
 
 def _check_chunks(chunks: list) -> None:
@@ -93,7 +93,7 @@ def _check_chunks(chunks: list) -> None:
 class Prompt(Record):
     KIND: ClassVar[str] = "prompt"
     id: int
-    tier: Literal[TIERS]
+    tier: Tier
     text: str
 
     def ref(self) -> "PromptRef":
@@ -236,7 +236,7 @@ class Metrics(Record):
     prompt_id: int | None = None
     tier: str | None = None
     status: Status = STATUS_OK
-    error_kind: str | None = None
+    error_kind: ErrorKind | None = None
     finish_reason: str | None = None
     ttft_s: float | None = None
     ttft_content_s: float | None = None
@@ -249,7 +249,7 @@ class Metrics(Record):
     completion_tokens: int | None = None
     reasoning_tokens: int | None = None
     content_tokens: int | None = None
-    tokens_source: str | None = None
+    tokens_source: CountSource | None = None
     has_reasoning: bool = False
     reasoning_s: float | None = None
     cached_tokens: int | None = None
@@ -262,9 +262,9 @@ class Metrics(Record):
     empty_answer: bool = False
     hit_max_tokens: bool = False
     rule_kept: bool | None = None
-    prompt_tokens_source: str | None = None
+    prompt_tokens_source: CountSource | None = None
     context_tokens_est: int | None = None
-    context_tokens_source: str | None = None    # "server" or "estimate" (the client's cl100k count)
+    context_tokens_source: CountSource | None = None    # the server's, or the client's cl100k estimate
     overflow_tokens: int | None = None          # the request's size by the server's count, as it refused it
 
 

@@ -24,6 +24,7 @@ def chat_and_measure(server, prompts, *extra):
     return ran, [r for r in measured.records if r["kind"] == "metrics"]
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_metrics_match_the_schedule_in_every_dialect(dialect, api_key):
     def run():
@@ -186,10 +187,15 @@ def test_unreachable_server_is_one_line_and_exit_1(api_key):
     assert ran.out == ""
 
 
+@pytest.mark.timing
 def test_a_server_without_usage_gets_a_whole_report_on_the_clients_counts(api_key, tmp_path):
     # llama-cpp-python's bytes: no usage chunk; decode slows to below half speed; then the
     # empty 200 with which it answers a prompt over its window
-    from lalmpipe import plot, report, tokens
+    import msgspec
+
+    from lalmpipe import report, tokens
+    from lalmpipe.render import plot
+    from lalmpipe.results import load
     from scripted import llama_cpp_python
     rates = (200.0, 200.0, 180.0, 50.0)
     scripts = [llama_cpp_python(n_content=10 + 5 * i, ttft_s=0.05 * (i + 1), rate_tps=r)
@@ -226,12 +232,14 @@ def test_a_server_without_usage_gets_a_whole_report_on_the_clients_counts(api_ke
                               "overflow_tokens": None}
     assert [(t["context_tokens"], t["context_tokens_source"]) for t in doc["turns"]] == [
         (e, "estimate") for e in est]
-    xs, ys = plot._points(doc["turns"], "ttft_s")           # the plot's x axis
+    typed = load(doc)
+    xs, ys = plot._points(typed.turns, "ttft_s")           # the plot's x axis
     assert xs == est[:4] and len(ys) == 4
-    assert plot.context_label([doc]) == "context tokens (prompt + completion, client cl100k estimates)"
-    counted = {"summary": {"context_source": "server"}}
+    assert plot.context_label([typed]) == "context tokens (prompt + completion, client cl100k estimates)"
+    counted = msgspec.structs.replace(typed, summary=msgspec.structs.replace(typed.summary, context_source="server"))
     assert plot.context_label([counted]) == "context tokens (prompt + completion)"
-    assert plot.context_label([counted, doc]).endswith(", client cl100k estimates for the runs the server did not count)")
+    assert plot.context_label([counted, typed]).endswith(
+        ", client cl100k estimates for the runs the server did not count)")
 
     text = rep()
     assert "?" not in text

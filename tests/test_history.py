@@ -9,6 +9,9 @@ from browser import parse
 from conftest import prompts_jsonl, run_main
 from lalmpipe import chat, metrics, report, tokens
 from lalmpipe.history import digest
+from lalmpipe.render.sentences import history_sentence
+from lalmpipe.render.tables import depth_comparison, depth_rows, depth_title
+from lalmpipe.results import load
 from lalmpipe.replay import Script
 from scripted import FACTS, ForkedServer, scripted_model, sse
 
@@ -331,9 +334,9 @@ def test_the_depth_table_has_a_row_per_measured_turn_with_the_recall_asked_after
     page = parse(run_main(report.main, ["--format", "html"], out).out)
     depths = page.find("table", "depths")
     assert [[c.text() for c in tr.find_all("th") + tr.find_all("td")] for tr in depths.find_all("tr")] == [
-        [line for line in row] for row in report.depth_rows(doc)]
+        [line for line in row] for row in depth_rows(load(doc))]
     assert [c.text() for c in depths.find_all("tr")[1].find_all("td")][:2] == ["505", "3"]
-    assert page.find("p", "depths-title").text() == report.depth_title(doc) + "."
+    assert page.find("p", "depths-title").text() == depth_title(load(doc)) + "."
 
 
 def test_runs_over_one_history_are_compared_depth_by_depth(recording, facts):
@@ -362,11 +365,11 @@ def test_runs_over_one_history_are_compared_depth_by_depth(recording, facts):
     # the page puts them side by side too, with the legend and the history sentence
     doc = json.loads(run_main(report.main, ["--format", "json"], cold + warm).out)
     page = parse(run_main(report.main, ["--format", "html"], cold + warm).out)
-    table, legend = report.depth_comparison(doc["runs"])
+    table, legend = depth_comparison(load(doc).runs)
     shown = page.find("table", "depths-compared")
     assert [[c.text() for c in tr.find_all("th") + tr.find_all("td")] for tr in shown.find_all("tr")] == table
     assert [li.text() for li in page.find("ul", "legend").find_all("li")] == legend
-    assert page.find("p", "history").text() == f"History {report.history_sentence(doc['runs'])}."
+    assert page.find("p", "history").text() == f"History {history_sentence(load(doc).runs)}."
     assert len(page.find_all("table", "depths")) == 2           # and each run's own
     md = run_main(report.main, ["--depths", "--format", "markdown"], cold + warm).out
     assert md.count("\n| 3 | ") == md.count("\n| 6 | ") == 1 and f"- [2] run {runs[1]}: scripted, warm" in md

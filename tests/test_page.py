@@ -11,8 +11,15 @@ import pytest
 
 from browser import dump_dom, have_chromium, parse, screenshot
 from conftest import ROOT, prompts_jsonl, run_main
-from lalmpipe import chat, metrics, plot, report
-from lalmpipe.inline_svg import DRAWING, inline_svg
+import msgspec
+
+from lalmpipe import aggregate, chat, metrics, report
+from lalmpipe.records import Metrics
+from lalmpipe.render import plot
+from lalmpipe.render.inline_svg import DRAWING, inline_svg
+from lalmpipe.render.sentences import ceiling_sentence, summary_lines
+from lalmpipe.render.tables import turn_cell
+from lalmpipe.results import load
 from lalmpipe.jsonl import read_records
 from scripted import ForkedServer, deltas_script
 from synthetic import synthetic_run
@@ -104,7 +111,7 @@ def test_one_row_per_turn_with_the_numbers_of_the_json_report(hostile):
         assert len(rows) == len(doc["turns"]) == doc["summary"]["turns"]
         for cells, turn in zip(rows, doc["turns"]):
             shown = [c[0] for c in cells]
-            assert shown == [report.turn_cell(turn, c)
+            assert shown == [turn_cell(msgspec.convert(turn, Metrics), c)
                              for c in ("turn", "tier", "context_tokens", "ttft_s", "prefill_tps",
                                        "decode_tps", "reasoning_tokens", "status")]
             values = [c[1] for c in cells]
@@ -135,8 +142,8 @@ def test_the_page_holds_identity_summary_figure_and_tiers():
     params = [e.text() for e in page.find("dl", "params").find_all("dd")]
     assert params == ["0.7", "96", "low", '{"include_usage": true}']
     summary = [e.text() for e in page.find("dl", "summary").find_all("dd")]
-    assert summary == [sentence for _, sentence in report.summary_lines(doc)]
-    assert summary[-1] == report.ceiling_sentence(doc)
+    assert summary == [sentence for _, sentence in summary_lines(load(doc))]
+    assert summary[-1] == ceiling_sentence(load(doc))
     [figure] = page.find_all("figure", "plot")
     assert len(figure.find_all("svg")) == 1 and len(figure.find_all("path")) > 100
     tiers = page.find("table", "tiers").find_all("tr")[1:]
@@ -236,7 +243,7 @@ def test_names_from_the_records_reach_the_figure_as_drawings_only():
     rows[0]["model"] = MODEL
     stdin = "".join(json.dumps(r) + "\n" for r in rows)
     records = read_records([], io.BytesIO(stdin.encode()), consumes={"run", "metrics", "recall"})
-    reports = [report.analyse(g) for g in report.collect(records)]
+    reports = [aggregate.analyse(*g) for g in report.collect(records)]
     raw = plot.svg(reports)
     assert raw == plot.svg(reports)                           # the same figure, the same ids
     clean = inline_svg(raw, "r1-")
@@ -277,6 +284,7 @@ def assert_nothing_made_from_model_text(dom, page, turns):
     assert dom.find("select", "tier-filter") is not None       # the page's own script did run
 
 
+@pytest.mark.browser
 @needs_chromium
 def test_the_shipped_recording_in_a_browser(tmp_path):
     with open(EXAMPLE, encoding="utf-8") as fp:
@@ -298,6 +306,7 @@ def test_the_shipped_recording_in_a_browser(tmp_path):
     assert_not_blank(png)
 
 
+@pytest.mark.browser
 @needs_chromium
 def test_hostile_text_shows_as_text_and_runs_nothing(hostile, tmp_path):
     metrics_jsonl, recording, turns = hostile

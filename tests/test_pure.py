@@ -6,23 +6,23 @@ from hypothesis import given, strategies as st
 
 import msgspec
 
-from lalmpipe import measure
+from lalmpipe import aggregate, measure, stats
 from lalmpipe.records import Metrics
 from lalmpipe.reasoning import ThinkSplitter, read_stream
 from lalmpipe.sse import encode_event, timed_events
 
 
 def test_percentile_by_hand():
-    assert measure.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
-    assert measure.percentile([1.0, 2.0, 3.0, 4.0], 95) == pytest.approx(3.85)
-    assert measure.percentile([5.0], 95) == 5.0
-    assert measure.percentile([], 50) is None
+    assert stats.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert stats.percentile([1.0, 2.0, 3.0, 4.0], 95) == pytest.approx(3.85)
+    assert stats.percentile([5.0], 95) == 5.0
+    assert stats.percentile([], 50) is None
 
 
 @given(st.lists(st.floats(0, 1e6), min_size=1, max_size=50), st.floats(0, 100), st.floats(0, 100))
 def test_percentiles_rise_with_q(values, q1, q2):
     lo, hi = sorted((q1, q2))
-    assert measure.percentile(values, lo) <= measure.percentile(values, hi) + 1e-9
+    assert stats.percentile(values, lo) <= stats.percentile(values, hi) + 1e-9
 
 
 def test_decode_tps_counts_tokens_after_the_first():
@@ -33,8 +33,8 @@ def test_decode_tps_counts_tokens_after_the_first():
 
 
 def test_slope_by_hand():
-    assert measure.slope([0, 1000, 2000], [0.1, 0.3, 0.5]) == pytest.approx(0.0002)
-    assert measure.slope([5], [1]) is None
+    assert stats.slope([0, 1000, 2000], [0.1, 0.3, 0.5]) == pytest.approx(0.0002)
+    assert stats.slope([5], [1]) is None
 
 
 def test_prefill_and_cache():
@@ -176,29 +176,29 @@ def test_the_ceiling_is_the_context_breaking_not_any_failure():
                    {"status": "error", "error_kind": "http"},
                    {"status": "error", "error_kind": "context_overflow", "prompt_tokens": 2100,
                     "prompt_tokens_source": "server"})
-    assert measure.ceiling(rows) == {"turn": 5, "context_tokens": 2100, "reason": "context_overflow",
+    assert msgspec.to_builtins(aggregate.ceiling(rows)) == {"turn": 5, "context_tokens": 2100, "reason": "context_overflow",
                                      "last_ok_context_tokens": 1900, "over_window_tokens": None,
                                      "overflow_tokens": None}
-    assert measure.ceiling(rows[:4]) is None
+    assert aggregate.ceiling(rows[:4]) is None
 
 
 def test_the_ceiling_never_mixes_server_and_client_counts():
     # a failed turn whose size only the client counted: in server units it is unknown
     rows = rows_of({"status": "ok", "context_tokens": 400, "context_tokens_est": 380},
                    {"status": "error", "error_kind": "context_overflow", "context_tokens_est": 482})
-    c = measure.ceiling(rows, window=512)
-    assert (c["context_tokens"], c["last_ok_context_tokens"], c["over_window_tokens"]) == (None, 400, 512)
+    c = aggregate.ceiling(rows, window=512)
+    assert (c.context_tokens, c.last_ok_context_tokens, c.over_window_tokens) == (None, 400, 512)
     # in client units (the report swaps the estimate in for every row) both sizes are estimates
     est = [msgspec.structs.replace(r, context_tokens=r.context_tokens_est) for r in rows]
-    c = measure.ceiling(est, window=512, estimated=True)
-    assert (c["context_tokens"], c["last_ok_context_tokens"]) == (482, 380)
+    c = aggregate.ceiling(est, window=512, estimated=True)
+    assert (c.context_tokens, c.last_ok_context_tokens) == (482, 380)
 
 
 def test_reasoning_share_counts_answered_turns_only():
     rows = rows_of({"status": "ok", "has_reasoning": True, "reasoning_tokens": 4, "reasoning_s": 0.1},
                    {"status": "error", "has_reasoning": True}, {"status": "ok", "has_reasoning": False})
-    s = measure.reasoning_summary(rows)
-    assert (s["turns_with_reasoning"], s["share"]) == (1, 0.5)
+    s = aggregate.reasoning_summary(rows)
+    assert (s.turns_with_reasoning, s.share) == (1, 0.5)
 
 
 @pytest.mark.parametrize("prompt, growth, prev, partial", [
@@ -239,10 +239,10 @@ def test_a_refused_request_is_over_a_known_window_whatever_the_counts():
     rows = rows_of({"status": "ok", "context_tokens": 480},
                    {"status": "error", "error_kind": "context_overflow", "prompt_tokens": 909,
                     "prompt_tokens_source": "server", "overflow_tokens": 909})
-    c = measure.ceiling(rows, window=512)
-    assert (c["context_tokens"], c["over_window_tokens"], c["overflow_tokens"]) == (909, 512, 909)
-    assert measure.ceiling(rows)["over_window_tokens"] is None          # the window unknown
+    c = aggregate.ceiling(rows, window=512)
+    assert (c.context_tokens, c.over_window_tokens, c.overflow_tokens) == (909, 512, 909)
+    assert aggregate.ceiling(rows).over_window_tokens is None          # the window unknown
     # an answer cut by a full window did fit in it: that is no request over it
     cut = rows_of({"status": "error", "error_kind": "context_overflow", "finish_reason": "length",
                    "context_tokens": 512})
-    assert measure.ceiling(cut, window=512)["over_window_tokens"] is None
+    assert aggregate.ceiling(cut, window=512).over_window_tokens is None

@@ -4,9 +4,10 @@ import json
 import pytest
 
 from conftest import prompts_jsonl, run_main
-from lalmpipe import chat, metrics, recall, report
+from lalmpipe import aggregate, chat, metrics, recall, report
 from lalmpipe.recall import DEFAULT_FACTS, load_facts
 from lalmpipe.records import Fact
+from lalmpipe.results import Round
 from scripted import FACTS, ForkedServer, scripted_model, sse
 
 
@@ -32,11 +33,11 @@ def test_repeat_ratio_and_effective_context_by_hand():
     assert recall.repeat_ngram_ratio("a b c d e f") == 0.0
     assert recall.repeat_ngram_ratio("la la la la la la") == 0.75        # 4 trigrams, 1 distinct
     assert recall.repeat_ngram_ratio("too short") is None
-    rounds = [{"recall": 1.0, "context_tokens": 500}, {"recall": 0.9, "context_tokens": 1000},
-              {"recall": 0.5, "context_tokens": 1500}, {"recall": 1.0, "context_tokens": 2000}]
-    assert recall.effective_context(rounds, 0.9) == 1000      # stays >= 0.9 up to 1,000 tokens
-    assert recall.effective_context(rounds, 0.85 * 1.0) == 1000
-    assert recall.effective_context(rounds, 0.4) == 2000
+    rounds = [Round(after_turn=i, probes=1, recall=r, context_tokens=c)
+              for i, (r, c) in enumerate([(1.0, 500), (0.9, 1000), (0.5, 1500), (1.0, 2000)])]
+    assert aggregate.effective_context(rounds, 0.9) == 1000      # stays >= 0.9 up to 1,000 tokens
+    assert aggregate.effective_context(rounds, 0.85 * 1.0) == 1000
+    assert aggregate.effective_context(rounds, 0.4) == 2000
 
 
 def test_shipped_facts_are_stated_in_their_prompts():

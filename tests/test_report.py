@@ -6,7 +6,10 @@ import os
 import pytest
 
 from conftest import prompts_jsonl, run_main
-from lalmpipe import chat, measure, metrics, report
+import msgspec
+
+from lalmpipe import aggregate, chat, metrics, report
+from lalmpipe.render.columns import cell
 from lalmpipe.records import Metrics
 from regen_golden import FIXTURES
 
@@ -22,19 +25,19 @@ ROWS = [row(1, 1000, 0.2, 100.0), row(2, 2000, 0.4, 90.0), row(3, 3000, 0.6, 80.
 
 
 def test_degradation_summary_by_hand():
-    s = measure.summarize(ROWS)
+    s = msgspec.to_builtins(aggregate.summarize(ROWS))
     assert s["ttft_slope_s_per_1k_tokens"] == pytest.approx(0.2)        # 0.2 s more per 1,000 tokens
     assert s["decode_tps_start"] == pytest.approx(90.0)                 # mean of the first three
     assert s["decode_tps_end"] == pytest.approx(164 / 3, abs=1e-3)       # mean of the last three
     assert s["decode_ratio_end_to_start"] == pytest.approx(164 / 3 / 90, abs=1e-3)
     assert s["decode_half_speed_at_context_tokens"] == 4000             # 44 < 90 / 2
     assert (s["turns"], s["ok"], s["max_context_tokens"]) == (5, 5, 5000)
-    tiers = {t["tier"]: t for t in measure.by_tier(ROWS)}
+    tiers = {t["tier"]: t for t in msgspec.to_builtins(aggregate.by_tier(ROWS))}
     assert tiers["foundations"]["reasoning_token_share"] == 0
     assert tiers["expert"]["reasoning_token_share"] == pytest.approx(70 / 300, abs=1e-3)
     assert tiers["expert"]["reasoning_turn_share"] == pytest.approx(2 / 3, abs=1e-3)
     assert tiers["expert"]["ttft_mean_s"] == pytest.approx(0.8)
-    assert measure.reasoning_summary(ROWS)["by_tier"] == {"foundations": 0.0, "expert": 0.233}
+    assert aggregate.reasoning_summary(ROWS).by_tier == {"foundations": 0.0, "expert": 0.233}
 
 
 def metrics_of(name):
@@ -93,7 +96,7 @@ def test_comparison_of_two_recorded_runs():
     assert table["server"] == ["llama.cpp", doc["runs"][1]["run"]["base_url"]]
     assert table["turns ok"] == ["3/3", "5/5"]
     assert table["ceiling"] == ["none", "none"]
-    assert table["TTFT s per 1k tok"] == [report._cell(r["summary"]["ttft_slope_s_per_1k_tokens"],
+    assert table["TTFT s per 1k tok"] == [cell(r["summary"]["ttft_slope_s_per_1k_tokens"],
                                                       "ttft_slope_s_per_1k_tokens") for r in doc["runs"]]
     text = run_main(report.main, [], stdin).out
     assert "Comparison" in text and "decode end/start" in text

@@ -19,12 +19,18 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 
-from . import __version__
-from .jsonl import read_records
-from .records import STATUS_OK, Turn
-from .report import (HEADINGS, PROG, TIER_COLUMNS, _cell, _status, chose_depths, comparison, depth_comparison,
-                     depth_rows, depth_title, history_sentence, summary_lines, turn_cell)
+import msgspec
 
+from .. import __version__
+from ..jsonl import read_records
+from ..records import Metrics, Run, Turn
+from ..results import RunReport
+from .columns import cell, heading
+from .sentences import history_sentence, summary_lines
+from .tables import (comparison, depth_comparison, depth_rows, depth_title, status_cell, tier_rows, turn_cell,
+                     turn_state)
+
+PROG = "lalm-report"
 TEMPLATE = "report.html.j2"
 SCRIPT = "report.js"
 # the per-turn table: a column a field, numbers to the right
@@ -61,7 +67,7 @@ def read_texts(paths: list[str]) -> dict[tuple[str, int], TurnText]:
 
 
 def _package_text(name: str) -> str:
-    return resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8")
+    return resources.files("lalmpipe").joinpath("templates", name).read_text(encoding="utf-8")
 
 
 def _environment():
@@ -75,19 +81,19 @@ def script_hash(script: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode() + "'"
 
 
-def render(reports: list[dict], texts: dict[tuple[str, int], TurnText] | None = None,
+def render(reports: list[RunReport], texts: dict[tuple[str, int], TurnText] | None = None,
            figures: bool = True) -> str:
-    """The page of one or more runs (reports as report.analyse makes them)."""
+    """The page of one or more runs."""
     from markupsafe import Markup
     script = _package_text(SCRIPT)
     several = len(reports) > 1
     figure = _figures(figures)
-    view = {"title": "lalmpipe: " + " vs ".join(_model(r) for r in reports),
+    view = {"title": "lalmpipe: " + " vs ".join(r.model for r in reports),
             "version": __version__, "script": Markup(script), "script_hash": script_hash(script),
             "comparison": comparison(reports) if several else None,
             "history": history_sentence(reports) if several else None,
             "depth_comparison": depth_comparison(reports)
-            if several and any(chose_depths(r) for r in reports) else None,
+            if several and any(r.chose_depths for r in reports) else None,
             "comparison_figure": figure(reports, "c-") if several else None,
             "runs": [run_view(r, i, texts, figure) for i, r in enumerate(reports, 1)],
             "figure_note": None if figures else "no figures: matplotlib is not installed "
@@ -100,7 +106,7 @@ def _figures(enabled: bool):
     if not enabled:
         return lambda reports, prefix: None
 
-    def draw(reports: list[dict], prefix: str):
+    def draw(reports: list[RunReport], prefix: str):
         from markupsafe import Markup
 
         from .inline_svg import inline_svg
@@ -109,46 +115,43 @@ def _figures(enabled: bool):
     return draw
 
 
-def _model(report: dict) -> str:
-    return str((report["run"] or {}).get("model") or "?")
-
-
-def texts_of(report: dict, texts: dict | None) -> list[TurnText | None]:
+def texts_of(report: RunReport, texts: dict | None) -> list[TurnText | None]:
     """The texts of a report's turns, in its order (None where the recording has none)."""
-    return [(texts or {}).get((t["run_id"], t["turn"])) for t in report["turns"]]
+    return [(texts or {}).get((t.run_id, t.turn)) for t in report.turns]
 
 
-def run_view(report: dict, index: int, texts, figure) -> dict:
+def run_view(report: RunReport, index: int, texts, figure) -> dict:
     """What the template shows of one run."""
-    run = report["run"] or {}
-    settings = run.get("settings") or {}
+    run = report.run
+    settings = msgspec.to_builtins(run.settings) if run else {}
     found = texts_of(report, texts)
-    return {"index": index, "model": _model(report), "run_id": run.get("run_id") or "?",
-            "identity": identity(run), "params": _pairs(run.get("params") or {}),
+    tiers = tier_rows(report)
+    return {"index": index, "model": report.model, "run_id": report.run_id,
+            "identity": identity(run), "params": _pairs(run.params if run else {}),
             "settings": _pairs({k: v for k, v in settings.items() if k != "facts"}),
             "facts": settings.get("facts") or [],
-            "summary": summary_lines(report), "ceiling": report["ceiling"] is not None,
+            "summary": summary_lines(report), "ceiling": report.ceiling is not None,
             "figure": figure([report], f"r{index}-"),
-            "tier_head": [h for _, h in TIER_COLUMNS],
-            "tiers": [[_cell(t[k], k) for k, _ in TIER_COLUMNS] for t in report["tiers"]],
-            "depths": depth_rows(report) if chose_depths(report) else None,
+            "tier_head": tiers[0], "tiers": tiers[1:],
+            "depths": depth_rows(report) if report.chose_depths else None,
             "depth_title": depth_title(report),
-            "turn_head": [HEADINGS[c] for c in TURN_COLUMNS],
-            "turns": [turn_view(t, text) for t, text in zip(report["turns"], found)],
+            "turn_head": [heading(c) for c in TURN_COLUMNS],
+            "turns": [turn_view(t, text) for t, text in zip(report.turns, found)],
             "texts_included": any(found)}
 
 
-def identity(run: dict) -> list[tuple[str, str]]:
+def identity(run: Run | None) -> list[tuple[str, str]]:
     """The run's identity, as (label, value) pairs; what is not known is left out."""
-    server = run.get("server") or {}
-    window = server.get("context_window")
-    pairs = [("model", run.get("model")), ("base URL", run.get("base_url")),
-             ("server", " ".join(str(x) for x in (server.get("software"), server.get("build")) if x)),
-             ("context window", f"{window:,} tokens" + (f" ({server['context_source']})"
-                                                        if server.get("context_source") else "")
+    if run is None:
+        return []
+    server = run.server
+    window = server.context_window
+    pairs = [("model", run.model), ("base URL", run.base_url),
+             ("server", " ".join(str(x) for x in (server.software, server.build) if x)),
+             ("context window", f"{window:,} tokens" + (f" ({server.context_source})" if server.context_source else "")
               if window else "not told by the server"),
-             ("run", run.get("run_id")), ("started", run.get("started_at")),
-             ("client", " ".join(str(v) for v in (run.get("tool") or {}).values()))]
+             ("run", run.run_id), ("started", run.started_at),
+             ("client", " ".join(str(v) for v in run.tool.values()))]
     return [(k, str(v)) for k, v in pairs if v]
 
 
@@ -157,24 +160,27 @@ def _pairs(d: dict) -> list[tuple[str, str]]:
     return [(k, v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)) for k, v in d.items()]
 
 
-def turn_view(row: dict, text: TurnText | None) -> dict:
+def turn_view(row: Metrics, text: TurnText | None) -> dict:
     """One row of the per-turn table: its cells (shown, and the value to sort by) and texts."""
-    cells = [(turn_cell(row, c), _status(row) if c == "status" else row.get(c)) for c in TURN_COLUMNS]
-    return {"turn": row["turn"], "tier": row.get("tier") or "?", "cells": cells,
+    cells = [(turn_cell(row, c), status_cell(row) if c == "status" else _sort_value(getattr(row, c)))
+             for c in TURN_COLUMNS]
+    return {"turn": row.turn, "tier": row.tier or "?", "cells": cells,
             "numeric": [c not in TEXT_COLUMNS for c in TURN_COLUMNS],
-            "state": "ok" if row["status"] == STATUS_OK and not row.get("truncated")
-            else "truncated" if row["status"] == STATUS_OK else "failed",
-            "details": _details(row), "text": text}
+            "state": turn_state(row), "details": _details(row), "text": text}
 
 
-def _details(row: dict) -> list[tuple[str, str]]:
+def _sort_value(v):
+    return str(v) if isinstance(v, str) else v
+
+
+def _details(row: Metrics) -> list[tuple[str, str]]:
     """The turn's other measures, shown when its row is opened."""
     fields = ("prompt_id", "prompt_tokens", "cached_tokens", "completion_tokens", "content_tokens",
               "tokens_source", "e2e_s", "reasoning_s", "itl_p95_s", "finish_reason", "error_kind")
-    return [(f, _cell(row.get(f), f)) for f in fields if row.get(f) is not None]
+    return [(f, cell(getattr(row, f), f)) for f in fields if getattr(row, f) is not None]
 
 
-def write_page(reports: list[dict], recordings: list[str], stdout, stderr=None) -> None:
+def write_page(reports: list[RunReport], recordings: list[str], stdout, stderr=None) -> None:
     """Write the page of the reports, with the texts of the recordings, and say
     on stderr (when given) how large it is and how many turns have their texts."""
     import importlib.util
@@ -184,7 +190,7 @@ def write_page(reports: list[dict], recordings: list[str], stdout, stderr=None) 
     stdout.flush()
     if stderr is None:
         return
-    turns = sum(len(r["turns"]) for r in reports)
+    turns = sum(len(r.turns) for r in reports)
     with_text = sum(text is not None for r in reports for text in texts_of(r, texts))
     print(f"{PROG}: a page of {len(page.encode('utf-8')) / 1024:,.0f} KiB: "
           f"{len(reports)} run{'s' if len(reports) > 1 else ''}, {turns} turns, "

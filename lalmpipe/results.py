@@ -1,0 +1,203 @@
+"""The typed report of one or more runs: what lalm-report found, before any rendering.
+
+lalmpipe.aggregate makes it from `run`, `metrics` and `recall` records; every renderer
+(lalmpipe.render) reads it by attribute; `lalm-report --format json` is it encoded, and
+its JSON Schema (docs/report.schema.json) is generated from these Structs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .records import Metrics, Run
+from .vocab import CLIENT_CONTEXT, CountSource
+
+
+class Part(msgspec.Struct, kw_only=True):
+    """A typed part of a report."""
+
+
+class Summary(Part):
+    """One run's turns, speed and token totals."""
+    turns: int
+    ok: int
+    errors: int
+    interrupted: int
+    truncated: int
+    ttft_mean_s: float | None
+    ttft_p50_s: float | None
+    ttft_p95_s: float | None
+    decode_tps_mean: float | None
+    prompt_tokens_total: int | None
+    completion_tokens_total: int | None
+    reasoning_tokens_total: int | None
+    cached_tokens_total: int | None
+    cache_prompt_tokens_total: int | None
+    cache_hit_ratio: float | None
+    max_context_tokens: int | None
+    duration_s: float | None
+    ttft_slope_s_per_1k_tokens: float | None
+    decode_tps_start: float | None
+    decode_tps_end: float | None
+    decode_ratio_end_to_start: float | None
+    decode_half_speed_at_context_tokens: int | None
+    context_source: str = CountSource.SERVER   # or CLIENT_CONTEXT: the unit of every context size
+
+    @property
+    def estimated(self) -> bool:
+        """Whether the report's context sizes are the client's estimates."""
+        return self.context_source == CLIENT_CONTEXT
+
+
+class Reasoning(Part):
+    by_tier: dict[str, float | None]
+    turns_with_reasoning: int
+    share: float | None
+    reasoning_tokens_mean: float | None
+    reasoning_s_mean: float | None
+
+
+class Tier(Part):
+    tier: str
+    turns: int
+    ok: int
+    ttft_mean_s: float | None
+    decode_tps_mean: float | None
+    max_context_tokens: int | None
+    reasoning_turn_share: float | None
+    reasoning_token_share: float | None
+
+
+class Ceiling(Part):
+    """The first turn where the context broke."""
+    turn: int
+    context_tokens: int | None
+    reason: str                         # "truncation", or the error kind
+    last_ok_context_tokens: int | None
+    over_window_tokens: int | None      # the known window a refused request went over
+    overflow_tokens: int | None         # the size the server gave the request it refused
+
+
+class Round(Part):
+    """The probes asked after one turn."""
+    after_turn: int
+    probes: int
+    recall: float
+    context_tokens: int | None
+
+
+class Band(Part):
+    """The probes whose distance (or depth) fell in [from, to)."""
+    from_: float = msgspec.field(name="from")
+    to: float | None
+    probes: int
+    recall: float
+
+
+class Cell(Part):
+    """The probes of one round whose fact stood in one depth band."""
+    after_turn: int
+    context_tokens: int | None
+    depth_from: float
+    probes: int
+    recall: float
+
+
+class RuleBreak(Part):
+    turn: int
+    context_tokens: int | None
+
+
+class Memory(Part):
+    """Recall of the planted facts, the standing rule, and the answers' health."""
+    rounds: list[Round]
+    probes: int
+    min_fact_age_turns: int
+    probes_counted: int
+    recall_mean: float | None
+    first_round_recall: float | None
+    effective_context_tokens: int | None
+    effective_context_relative_tokens: int | None
+    advertised_window_tokens: int | None
+    by_distance: list[Band]
+    by_depth: list[Band]
+    grid: list[Cell]
+    rule_kept_turns: int | None
+    rule_checked_turns: int | None
+    rule_first_broken: RuleBreak | None
+    repeat_3gram_ratio_mean: float | None
+    empty_answers: int
+    hit_max_tokens: int
+
+
+class Depth(Part):
+    """One measured turn of a depth run, as llama-bench reports a depth."""
+    turn: int
+    prompt_id: int | None
+    context_tokens: int | None
+    context_tokens_source: CountSource | None
+    context_tokens_est: int | None
+    ttft_s: float | None
+    prefill_tps: float | None
+    cached_share: float | None
+    decode_tps: float | None
+    reasoning_tokens: int | None
+    probes: int
+    recalled: int
+
+
+class RunReport(Part):
+    """All lalm-report knows of one run."""
+    run: Run | None
+    summary: Summary
+    reasoning: Reasoning
+    tiers: list[Tier]
+    ceiling: Ceiling | None
+    memory: Memory | None
+    depths: list[Depth]
+    turns: list[Metrics]
+
+    @property
+    def model(self) -> str:
+        return (self.run.model if self.run else None) or "?"
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id if self.run else "?"
+
+    @property
+    def chose_depths(self) -> bool:
+        """Whether the run was sent only chosen turns (lalm-chat --at or --every)."""
+        return bool(self.run and (self.run.settings.at or self.run.settings.every))
+
+    @property
+    def prefill(self) -> str:
+        """How its measured turns were prefilled: "cold" (--cold) or "warm"."""
+        return "cold" if self.run and self.run.settings.cold else "warm"
+
+
+class Comparison(Part):
+    """Several runs, and the table that sets them side by side."""
+    runs: list[RunReport]
+    comparison: list[list[str]]
+
+
+def to_builtins(report: RunReport | Comparison) -> dict[str, Any]:
+    """The report as JSON-ready objects; records (the run, the turns) as they are written."""
+    if isinstance(report, Comparison):
+        return {"runs": [to_builtins(r) for r in report.runs], "comparison": report.comparison}
+    d = msgspec.to_builtins(report)
+    d["run"] = report.run.to_dict() if report.run else None
+    d["turns"] = [t.to_dict() for t in report.turns]
+    return d
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema of `lalm-report --format json`: one run's report, or a comparison."""
+    return msgspec.json.schema(RunReport | Comparison)
+
+
+def load(doc: dict[str, Any]) -> RunReport | Comparison:
+    """A report read back from its JSON (`lalm-report --format json`), typed again."""
+    return msgspec.convert(doc, Comparison if "runs" in doc else RunReport)
