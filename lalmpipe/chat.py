@@ -31,9 +31,9 @@ from .progress import Progress
 from .records import DEFAULT_SETTINGS, Prompt, Run, Server, Settings
 from .redact import API_KEY_VAR
 from .serverinfo import preflight
+from .transport import DEFAULT_BASE_URL, Transport, check_base_url
 
 PROG = "lalm-chat"
-DEFAULT_BASE_URL = "http://localhost:1234/v1"
 BASE_URL_VAR = "OPENAI_BASE_URL"
 
 
@@ -130,8 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def base_url_of(args) -> str:
-    """The server's URL: --base-url, else $OPENAI_BASE_URL, else LM Studio's."""
-    return args.base_url if args.base_url is not None else os.environ.get(BASE_URL_VAR) or DEFAULT_BASE_URL
+    """The server's URL: --base-url, else $OPENAI_BASE_URL, else LM Studio's;
+    a usage error, naming where it was given, unless it is http(s) with a host."""
+    if args.base_url is not None:
+        url, given_by = args.base_url, "--base-url"
+    elif os.environ.get(BASE_URL_VAR):
+        url, given_by = os.environ[BASE_URL_VAR], BASE_URL_VAR
+    else:
+        return DEFAULT_BASE_URL
+    check_base_url(url, given_by)
+    return url
 
 
 def id_list(text: str) -> list[int]:
@@ -157,13 +165,13 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
 def _run(args, stdin, stdout, stderr) -> int:
     from .history import Plan, open_history
     from .resume import previous_run
-    from .transport import Transport
 
     if (args.at or args.every) and not args.history_file:
         raise UsageError("--at and --every need --history RECORDING: the answers of the "
                          "turns not sent would not exist")
     if args.resume and not args.output:
         raise UsageError("--resume needs --output FILE")
+    base_url = base_url_of(args)
     prompts, others = load_prompts(args, stdin)
     progress = Progress(stderr, args.quiet)
     done = previous_run(args.output, progress.say) if args.resume else None
@@ -178,7 +186,7 @@ def _run(args, stdin, stdout, stderr) -> int:
     memory = None if done else memory_of(args)
     interrupts = Interrupts()
     with interrupts.installed():
-        transport = Transport(base_url_of(args), os.environ.get(API_KEY_VAR), settings.stall_timeout)
+        transport = Transport(base_url, os.environ.get(API_KEY_VAR), settings.stall_timeout)
         try:
             if done:
                 done.check_same(transport.base_url, args.model, prompts)

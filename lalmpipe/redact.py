@@ -25,6 +25,8 @@ MIN_SECRET_CHARS = 4
 
 _BEARER = re.compile(r"(\bBearer\s+)[A-Za-z0-9\-._~+/]+=*", re.IGNORECASE)
 _USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s?#\"'<>]*@")
+# a userinfo however a URL is written: after the scheme's slashes, or with no scheme at all
+_ANY_USERINFO = re.compile(r"(^|/)[^/\s?#@]*@")
 _PARAM = re.compile(r"([?&;]([^=&;?#\s\"'<>]+)=)([^&;#\s\"'<>]*)")
 
 
@@ -65,3 +67,9 @@ def mask_values(text: str, secrets: Iterable[str]) -> str:
         if len(secret) >= MIN_SECRET_CHARS and secret in text:
             text = text.replace(secret, MASK)
     return text
+
+
+def redact_url(url: str) -> str:
+    """Mask a URL as `redact` does, and a userinfo it holds without a scheme
+    (``user:KEY@host``) too: for a URL refused as malformed, shown back to the user."""
+    return _ANY_USERINFO.sub(lambda m: m.group(1) + MASK + "@", redact(url))

@@ -12,10 +12,32 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from .redact import credentials, mask_values, redact
+from .errors import UsageError
+from .redact import credentials, mask_values, redact, redact_url
 from .sse import timed_events
 
 PLACEHOLDER_KEY = "lm-studio"   # the SDK needs a key; a local server takes any
+DEFAULT_BASE_URL = "http://localhost:1234/v1"   # LM Studio's
+
+
+def check_base_url(url: str, name: str) -> None:
+    """Refuse a base URL that is not http(s) with a host and a port from 1 to
+    65535, as a usage error naming where it was given (`name`), credentials masked."""
+    shown = f"{name} {redact_url(url)!r}"
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:
+        raise UsageError(f"{shown} is not a URL: {str(e)[:1].lower()}{str(e)[1:]}") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise UsageError(f"{shown} is not an http:// or https:// URL (e.g. {DEFAULT_BASE_URL})")
+    if not parts.hostname:
+        raise UsageError(f"{shown} names no host (e.g. {DEFAULT_BASE_URL})")
+    try:
+        port = parts.port
+    except ValueError:      # not a number, or past 65535
+        port = 0
+    if port == 0:
+        raise UsageError(f"{shown}: the port must be a number from 1 to 65535")
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """lalm-chat refuses what cannot make a run before it sends a request: one line on
 stderr naming the flag, the file or the line, and the exit code of its kind."""
+import pytest
+
 from conftest import prompts_jsonl, run_main
 from lalmpipe import chat
 from scripted import ForkedServer, stream
@@ -27,3 +29,34 @@ def test_a_repeated_prompt_id_is_refused_with_its_source_and_line_before_any_req
     assert (files.code, files.out) == (1, "")
     assert files.err.startswith(f"lalm-chat: error: {again}:1: prompt id 1 again (first at {three}:1)")
     assert sent == []
+
+
+BAD_URLS = [
+    ("notaurl", "'notaurl' is not an http:// or https:// URL (e.g. http://localhost:1234/v1)"),
+    ("ftp://x/v1", "'ftp://x/v1' is not an http:// or https:// URL (e.g. http://localhost:1234/v1)"),
+    ("http://", "'http://' names no host (e.g. http://localhost:1234/v1)"),
+    ("http:///v1", "'http:///v1' names no host (e.g. http://localhost:1234/v1)"),
+    ("http://[::1", "'http://[::1' is not a URL: invalid IPv6 URL"),
+    ("http://127.0.0.1:65536/v1", "'http://127.0.0.1:65536/v1': the port must be a number from 1 to 65535"),
+    ("http://127.0.0.1:0/v1", "'http://127.0.0.1:0/v1': the port must be a number from 1 to 65535"),
+    ("http://h:port/v1", "'http://h:port/v1': the port must be a number from 1 to 65535"),
+    ("user:KEY-9f2c@x", "'***@x' is not an http:// or https:// URL (e.g. http://localhost:1234/v1)"),
+    ("http://user:KEY-9f2c@:99999/v1", "'http://***@:99999/v1' names no host (e.g. http://localhost:1234/v1)"),
+]
+
+
+@pytest.mark.parametrize("url, message", BAD_URLS)
+def test_a_base_url_that_is_not_http_with_a_host_and_a_port_is_a_usage_error(api_key, monkeypatch, url, message):
+    flag = run_main(chat.main, ["--base-url", url, "--model", "m"], prompts_jsonl(PROMPTS))
+    assert (flag.code, flag.out, flag.err) == (2, "", f"lalm-chat: error: --base-url {message}\n")
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    env = run_main(chat.main, ["--model", "m"], prompts_jsonl(PROMPTS))
+    assert (env.code, env.out, env.err) == (2, "", f"lalm-chat: error: OPENAI_BASE_URL {message}\n")
+
+
+def test_a_base_url_with_a_host_name_a_port_and_a_trailing_slash_is_taken(api_key):
+    with ForkedServer(ok) as srv:
+        port = srv.base_url.rsplit(":", 1)[1].split("/")[0]
+        ran = run_main(chat.main, ["--base-url", f"http://localhost:{port}/v1/", "-q"], prompts_jsonl(PROMPTS[:1]))
+    assert ran.code == 0, ran.err
+    assert ran.records[0]["base_url"] == f"http://localhost:{port}/v1"
