@@ -228,7 +228,7 @@ def memory_of(args) -> dict | None:
     """The planted facts and the rule, when probes are asked for."""
     if not args.probe_every:
         return None
-    from .recall import DEFAULT_FACTS, load_facts
+    from .facts import DEFAULT_FACTS, load_facts
     return load_facts(args.facts or DEFAULT_FACTS)
 
 

@@ -46,72 +46,14 @@ recordings) expects what its `answer` holds.
 """
 from __future__ import annotations
 
-import json
 import math
+import json
 import re
 from typing import NamedTuple
 
-import msgspec
-
-from .bundled import bundled, open_text
-from .errors import InputError
+from .numbers import COMPACT, DECIBELS, NUMBER, RATIO, TYPOGRAPHY, UNIT, UNITS, normalise
 from .records import Fact
 
-DEFAULT_FACTS = bundled("lalm_facts.json")
-
-# The one unit table. Spelling (lower case; a space also matches a hyphen or
-# nothing: "db tp" reads dBTP, dB TP, dB-TP) -> (dimension, factor to its base unit).
-UNITS: dict[str, tuple[str, float]] = {
-    "hz": ("frequency", 1.0), "hertz": ("frequency", 1.0),
-    "khz": ("frequency", 1e3), "kilohertz": ("frequency", 1e3),
-    "samples per second": ("frequency", 1.0), "samples a second": ("frequency", 1.0),
-    "times per second": ("frequency", 1.0), "times a second": ("frequency", 1.0),
-    "ms": ("time", 1e-3), "msec": ("time", 1e-3), "millisecond": ("time", 1e-3),
-    "milliseconds": ("time", 1e-3),
-    "s": ("time", 1.0), "sec": ("time", 1.0), "secs": ("time", 1.0), "second": ("time", 1.0),
-    "seconds": ("time", 1.0),
-    "min": ("time", 60.0), "mins": ("time", 60.0), "minute": ("time", 60.0),
-    "minutes": ("time", 60.0),
-    "hr": ("time", 3600.0), "hrs": ("time", 3600.0), "hour": ("time", 3600.0),
-    "hours": ("time", 3600.0),
-    "bpm": ("tempo", 1.0), "beats per minute": ("tempo", 1.0), "beats a minute": ("tempo", 1.0),
-    "db tp": ("true_peak", 1.0), "db true peak": ("true_peak", 1.0),
-    "lufs": ("loudness", 1.0), "lkfs": ("loudness", 1.0),
-    "lu": ("loudness_range", 1.0),
-    "db fs": ("full_scale", 1.0),
-    "db": ("decibel", 1.0), "decibel": ("decibel", 1.0), "decibels": ("decibel", 1.0),
-    "%": ("percent", 1.0), "percent": ("percent", 1.0), "per cent": ("percent", 1.0),
-    "ohm": ("resistance", 1.0), "ohms": ("resistance", 1.0), "\u03c9": ("resistance", 1.0),
-    "k ohm": ("resistance", 1e3), "k ohms": ("resistance", 1e3), "k \u03c9": ("resistance", 1e3),
-    "kiloohm": ("resistance", 1e3), "kiloohms": ("resistance", 1e3),
-    "pf": ("capacitance", 1e-12), "nf": ("capacitance", 1e-9), "uf": ("capacitance", 1e-6),
-    "\u00b5f": ("capacitance", 1e-6), "\u03bcf": ("capacitance", 1e-6),
-    "picofarad": ("capacitance", 1e-12), "picofarads": ("capacitance", 1e-12),
-    "nanofarad": ("capacitance", 1e-9), "nanofarads": ("capacitance", 1e-9),
-    "microfarad": ("capacitance", 1e-6), "microfarads": ("capacitance", 1e-6),
-}
-# dimensions written in decibels: plain "dB" is of each, and a sign may be left out
-DECIBELS = {"decibel", "true_peak", "loudness", "loudness_range", "full_scale"}
-
-SMALL = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen".split())}
-TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split())
-        if w != "_"}
-_WORD = "|".join(sorted([*SMALL, *TENS, "hundred", "thousand"], key=len, reverse=True))
-NUMBER_WORDS = re.compile(
-    rf"\b(?:(?:minus|negative)[\s-]+)?(?:{_WORD})(?:[\s-]+(?:(?:and|point)[\s-]+)?(?:{_WORD}))*"
-    rf"(?:[\s-]+and[\s-]+a[\s-]+half)?\b")
-TYPOGRAPHY = str.maketrans({"\u2212": "-", "\u2013": "-", "\u2010": "-", "\u2011": "-",
-                            "\u2019": "'", "\u2236": ":"})
-SEPARATOR = re.compile(r"(?<=\d)[,\u2009\u202f\u00a0](?=\d{3}(?!\d))")
-NUMBER = re.compile(r"(?:(?<![\w.])|(?<=\d[x\u00d7]))([-+]?)(\d+(?:\.\d+)?)(k(?![a-z\u03c9]))?")   # 8x1024
-_END = r"(?!\w|\.\d)"
-RATIO = re.compile(rf"(?<![\w.])(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?){_END}"
-                   rf"|(?<![\w.])(\d+(?:\.\d+)?)[\s-]*to[\s-]*(?:1|one){_END}")
-_COMPACT = {k.replace(" ", ""): k for k in UNITS}     # "dbtp" -> "db tp"
-UNIT = re.compile(r"[\s-]*(%s)(?!\w)" % "|".join(
-    r"[\s-]*".join(map(re.escape, k.split())) for k in sorted(UNITS, key=len, reverse=True)))
 JOIN = re.compile(r"\s*(?:-|to|or|versus|vs\.?)(?:\s+(?:maybe|perhaps|possibly))?\s*")
 CLAUSE = re.compile(r"[,;.!?()\[\]\n\u2014\d]|\b(?:and|but|while|whereas|with)\b")
 # words after which a number stands alone rather than counting something
@@ -123,127 +65,6 @@ REFUSAL = re.compile(
     r"(?:don't|do not) have (?:any |that |the )?(?:information|memory|record|access)|"
     r"(?:wasn't|was not|weren't|were not|never|haven't|have not|hasn't|has not|didn't|did not) "
     r"(?:been )?(?:mention|specif|state|give|provide|told|say|said)|unable to|as an ai)")
-
-
-def load_facts(path=DEFAULT_FACTS) -> dict:
-    """Load and check a facts file: {rule: {text, check}, facts: [Fact]} (the module docstring)."""
-    try:
-        with open_text(path) as fp:
-            doc = json.load(fp)
-    except OSError as e:
-        raise InputError(f"{path}: {e.strerror}") from None
-    except ValueError as e:
-        raise InputError(f"{path}:{getattr(e, 'lineno', 1)}: invalid JSON") from None
-    facts = doc.get("facts") if isinstance(doc, dict) else None
-    if not isinstance(facts, list) or not facts:
-        raise InputError(f"{path}: needs a non-empty 'facts' list")
-    for i, f in enumerate(facts, 1):
-        missing = [k for k in ("id", "stated_in", "question", "answer") if not f.get(k)]
-        if missing:
-            raise InputError(f"{path}: fact {i} has no {', '.join(missing)}")
-    rule = doc.get("rule")
-    if rule is not None:
-        try:
-            re.compile(rule["check"])
-        except (KeyError, TypeError, re.error) as e:
-            raise InputError(f"{path}: rule needs 'text' and a regular expression 'check' ({e})") from None
-    try:
-        typed = [msgspec.convert(f, Fact) for f in facts]
-    except msgspec.ValidationError as e:
-        raise InputError(f"{path}: a fact: {e}") from None
-    for fact in typed:
-        _check_fact(path, fact)
-    return {"rule": rule, "facts": typed}
-
-
-def _check_fact(path: str, fact: Fact) -> None:
-    try:
-        expected = items(fact)
-    except ValueError as e:
-        raise InputError(f"{path}: fact {fact.id}: {e}") from None
-    if not expected:
-        raise InputError(f"{path}: fact {fact.id}: the answer must hold a number to check")
-    if not correct(fact.answer, fact):
-        raise InputError(f"{path}: fact {fact.id}: its answer {fact.answer!r} does not meet its expect")
-
-
-# Reading numbers ------------------------------------------------------------------
-
-def normalise(text: str) -> str:
-    """Lower case, one kind of minus, no thousands separators, numbers in digits."""
-    text = SEPARATOR.sub("", text.lower().translate(TYPOGRAPHY))
-    return re.sub(r"\s+", " ", words_to_digits(text)).strip()
-
-
-def words_to_digits(text: str) -> str:
-    """Write numbers given in words as digits: 'ninety-two' -> '92'; 'two and three' -> '2 and 3'."""
-    return NUMBER_WORDS.sub(lambda m: _spell(m.group(0)), text)
-
-
-def _spell(phrase: str) -> str:
-    words = re.findall(r"[a-z]+", phrase)
-    if words == ["one"]:            # alone, "one" is far more often a pronoun than a value
-        return phrase
-    half = words[-3:] == ["and", "a", "half"]
-    words = words[:-3] if half else words
-    out, number = [], _Number()
-    for w in words:
-        if not number.take(w):
-            out += number.flush()
-            if not number.take(w):
-                out.append(w)
-    out += number.flush()
-    if half and out and re.fullmatch(r"-?\d+", out[-1]):
-        out[-1] += ".5"
-    return f" {' '.join(out)} "
-
-
-class _Number:
-    """One number read word by word; `take` refuses a word that cannot continue it."""
-
-    def __init__(self):
-        self.sign, self.total, self.current, self.last, self.frac = "", 0, 0, None, None
-
-    def take(self, w: str) -> bool:
-        last, start = self.last, self.last in (None, "minus", "hundred", "thousand", "and")
-        if w in ("minus", "negative") and last is None:
-            self.sign, self.last = "-", "minus"
-        elif self.frac is not None:
-            if SMALL.get(w, 10) > 9:
-                return False
-            self.frac.append(str(SMALL[w]))
-            self.last = "frac"
-        elif w in SMALL and (start or (last == "tens" and 0 < SMALL[w] < 10)):
-            self.current += SMALL[w]
-            self.last = "unit" if SMALL[w] < 10 else "teen"
-        elif w in TENS and start:
-            self.current, self.last = self.current + TENS[w], "tens"
-        elif w == "hundred" and last in (None, "minus", "unit", "teen") and self.current < 100:
-            self.current, self.last = max(self.current, 1) * 100, "hundred"
-        elif w == "thousand" and last in (None, "minus", "unit", "teen", "tens", "hundred"):
-            self.total, self.current, self.last = self.total + max(self.current, 1) * 1000, 0, "thousand"
-        elif w == "and" and last in ("hundred", "thousand"):
-            self.last = "and"
-        elif w == "point" and last in ("unit", "teen", "tens", "hundred", "thousand"):
-            self.frac, self.last = [], "point"
-        else:
-            return False
-        return True
-
-    def flush(self) -> list[str]:
-        if self.last in (None, "minus"):
-            out = ["minus"] if self.last else []
-        else:
-            digits = f"{self.sign}{self.total + self.current}"
-            out = [f"{digits}.{''.join(self.frac)}" if self.frac else digits]
-            out += {"and": ["and"], "point": ["point"]}.get(self.last, [])
-        self.__init__()
-        return out
-
-
-def numbers(text: str) -> list[float]:
-    """Every number written in the text, sign aside: digits, words, 48k as 48000."""
-    return [abs(float(m.group(2))) * (1000 if m.group(3) else 1) for m in NUMBER.finditer(normalise(text))]
 
 
 class Mention(NamedTuple):
@@ -294,7 +115,7 @@ def _number(t: str, m: re.Match) -> Mention:
     end, unit, rest = m.end(), None, t[m.end():]
     u = None if m.group(3) else UNIT.match(rest)      # "48k" stands alone
     if u:
-        unit, end = _COMPACT[re.sub(r"[\s-]", "", u.group(1))], m.end() + u.end()
+        unit, end = COMPACT[re.sub(r"[\s-]", "", u.group(1))], m.end() + u.end()
         rest = t[end:]
     word = re.match(r"\s*([a-z]+)", rest)
     fraction = rest.startswith("/") or t[:m.start()].endswith("/")    # 4/4 is no value
@@ -332,7 +153,7 @@ def _item(spec: dict) -> Item:
     if not isinstance(spec, dict):
         raise ValueError(f"an expect item must be an object, not {spec!r}")
     if set(spec) == {"value", "unit"}:
-        unit = _COMPACT.get(re.sub(r"[\s-]", "", str(spec["unit"]).lower().translate(TYPOGRAPHY)))
+        unit = COMPACT.get(re.sub(r"[\s-]", "", str(spec["unit"]).lower().translate(TYPOGRAPHY)))
         if unit is None:
             raise ValueError(f"unknown unit {spec['unit']!r} (known: {', '.join(UNITS)})")
         dimension, factor = UNITS[unit]
@@ -425,70 +246,3 @@ def repeat_ngram_ratio(text: str, n: int = 3) -> float | None:
     words = text.lower().split()
     grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
     return None if not grams else round(1 - len(set(grams)) / len(grams), 4)
-
-
-def rounds(recalls: list) -> list[dict]:
-    """Group recall records by the turn they followed: score and context per round."""
-    by_turn: dict[int, list] = {}
-    for r in recalls:
-        by_turn.setdefault(r.after_turn, []).append(r)
-    out = []
-    for turn in sorted(by_turn):
-        rs = by_turn[turn]
-        ctx = [r.context_tokens for r in rs if r.context_tokens is not None]
-        out.append({"after_turn": turn, "probes": len(rs),
-                    "recall": _share(rs),
-                    "context_tokens": max(ctx) if ctx else None})
-    return out
-
-
-def effective_context(rows: list[dict], threshold: float) -> int | None:
-    """The largest context up to which every probe round scores at least `threshold`."""
-    best = None
-    for r in rows:
-        if r["recall"] < threshold:
-            break
-        best = r["context_tokens"] if r["context_tokens"] is not None else best
-    return best
-
-
-# distance bands in tokens (each up to the next edge), and depth bands (0 = start of the context)
-DISTANCE_EDGES = (0, 1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000)
-DEPTH_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8)
-
-
-def band_of(value: float | None, edges) -> int | None:
-    """Index of the band holding value: the last edge at or below it."""
-    if value is None:
-        return None
-    i = 0
-    while i + 1 < len(edges) and value >= edges[i + 1]:
-        i += 1
-    return i
-
-
-def bands(recalls: list, value_of, edges) -> list[dict]:
-    """Recall per band of some distance: [{from, to, probes, recall}] for the bands probed."""
-    by_band: dict[int, list] = {}
-    for r in recalls:
-        b = band_of(value_of(r), edges)
-        if b is not None:
-            by_band.setdefault(b, []).append(r)
-    return [{"from": edges[b], "to": edges[b + 1] if b + 1 < len(edges) else None,
-             "probes": len(rs), "recall": _share(rs)} for b, rs in sorted(by_band.items())]
-
-
-def grid(recalls: list) -> list[dict]:
-    """Recall per probe round and depth band: the needle-in-a-haystack picture."""
-    cells: dict[tuple[int, int], list] = {}
-    for r in recalls:
-        b = band_of(r.depth, DEPTH_EDGES)
-        if b is not None:
-            cells.setdefault((r.after_turn, b), []).append(r)
-    ctx = {row["after_turn"]: row["context_tokens"] for row in rounds(recalls)}
-    return [{"after_turn": t, "context_tokens": ctx[t], "depth_from": DEPTH_EDGES[b],
-             "probes": len(rs), "recall": _share(rs)} for (t, b), rs in sorted(cells.items())]
-
-
-def _share(rs: list) -> float:
-    return round(sum(bool(r.correct) for r in rs) / len(rs), 4)

@@ -5,8 +5,9 @@ import math
 import os
 
 from lalmpipe import recall
+from lalmpipe.numbers import numbers
 from lalmpipe.prompts import DEFAULT_FILE, load
-from lalmpipe.recall import DEFAULT_FACTS, load_facts
+from lalmpipe.facts import DEFAULT_FACTS, load_facts
 
 PROMPTS = load(DEFAULT_FILE)
 FACTS = load_facts(DEFAULT_FACTS)["facts"]
@@ -14,7 +15,7 @@ FACTS = load_facts(DEFAULT_FACTS)["facts"]
 
 def found(forms, text):
     """The forms among the numbers written in the text."""
-    return sorted({f for f in forms for n in recall.numbers(text) if math.isclose(f, n, rel_tol=1e-9)})
+    return sorted({f for f in forms for n in numbers(text) if math.isclose(f, n, rel_tol=1e-9)})
 
 
 def test_each_fact_is_stated_in_its_prompt():

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import prompts_jsonl, run_main
 from lalmpipe import aggregate, chat, metrics, recall, report
-from lalmpipe.recall import DEFAULT_FACTS, load_facts
+from lalmpipe.facts import DEFAULT_FACTS, load_facts
 from lalmpipe.records import Fact
 from lalmpipe.results import Round
 from scripted import FACTS, ForkedServer, scripted_model, sse
