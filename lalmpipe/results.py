@@ -195,7 +195,9 @@ def to_builtins(report: RunReport | Comparison) -> dict[str, Any]:
 
 def schema() -> dict[str, Any]:
     """The JSON Schema of `lalm-report --format json`: one run's report, or a comparison."""
-    return msgspec.json.schema(RunReport | Comparison)
+    (one, several), defs = msgspec.json.schema_components((RunReport, Comparison))
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "lalm-report --format json",
+            "anyOf": [one, several], "$defs": defs}
 
 
 def load(doc: dict[str, Any]) -> RunReport | Comparison:

@@ -6,9 +6,13 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+import json  # noqa: E402
+
 from lalmpipe import metrics, report  # noqa: E402
+from lalmpipe.results import schema  # noqa: E402
 
 FIXTURES = os.path.join(HERE, "fixtures")
+SCHEMA = os.path.join(os.path.dirname(HERE), "docs", "report.schema.json")
 CASES = ["llama", "dialects"]
 REPORTS = ["text", "json", "markdown", "csv"]
 
@@ -29,7 +33,15 @@ def outputs(case):
         yield f"{case}.report.out.{ext}", run(report.main, ["--format", fmt], m.encode())
 
 
+def schema_text() -> str:
+    """The JSON Schema of lalm-report's JSON, as generated from lalmpipe.results."""
+    return json.dumps(schema(), indent=2, ensure_ascii=False) + "\n"
+
+
 if __name__ == "__main__":
+    with open(SCHEMA, "w", encoding="utf-8") as fp:
+        fp.write(schema_text())
+    print("wrote", os.path.relpath(SCHEMA))
     for case in CASES:
         for name, text in outputs(case):
             with open(os.path.join(FIXTURES, name), "w", encoding="utf-8") as fp:
