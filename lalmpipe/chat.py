@@ -164,7 +164,7 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
 
 def _run(args, stdin, stdout, stderr) -> int:
     from .history import Plan, open_history
-    from .resume import previous_run
+    from .resume import check_output, previous_run
 
     if (args.at or args.every) and not args.history_file:
         raise UsageError("--at and --every need --history RECORDING: the answers of the "
@@ -172,6 +172,8 @@ def _run(args, stdin, stdout, stderr) -> int:
     if args.resume and not args.output:
         raise UsageError("--resume needs --output FILE")
     base_url = base_url_of(args)
+    if args.output:
+        check_output(args.output, args.resume)
     prompts, others = load_prompts(args, stdin)
     progress = Progress(stderr, args.quiet)
     done = previous_run(args.output, progress.say) if args.resume else None
@@ -209,7 +211,7 @@ def _converse(args, chat, prompts, others, done, stdout) -> None:
     from .resume import open_output
 
     first = 1
-    with open_output(args.output, args.resume) as also:
+    with open_output(args.output) as also:
         out = RecordWriter(stdout, also, on_broken=chat.progress.say)
         if done:
             # the stream carries the whole run, so a pipeline measures it as the file would

@@ -12,16 +12,40 @@ from .history import exchanges
 from .records import Prompt, Run, Turn
 
 
+def check_output(path: str, resume: bool) -> None:
+    """Refuse, before anything is sent, an --output FILE that cannot take the run:
+    its folder missing or read-only, a folder in its place, or a run already in
+    it (unless resumed)."""
+    def refuse(why: str):
+        raise InputError(f"cannot write --output {path}: {why}")
+    folder = os.path.dirname(path) or "."
+    if not os.path.exists(folder):
+        refuse(f"no such folder {folder}")
+    if not os.path.isdir(folder):
+        refuse(f"{folder} is not a folder")
+    if os.path.isdir(path):
+        refuse("it is a folder")
+    if not os.path.exists(path):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            refuse(f"the folder {folder} is not writable")
+        return
+    if not os.access(path, os.W_OK):
+        refuse("it is not writable")
+    if not resume and os.path.getsize(path) > 0:
+        refuse("it already holds a run; use --resume to continue it or choose another --output")
+
+
 @contextlib.contextmanager
-def open_output(path: str | None, resume: bool):
-    """Open FILE for appending records (None: no file)."""
+def open_output(path: str | None):
+    """Open FILE for appending records (None: no file); check_output has seen it."""
     if path is None:
         yield None
         return
-    if not resume and os.path.exists(path) and os.path.getsize(path) > 0:
-        raise InputError(f"{path}: already holds a run; use --resume to continue it "
-                         "or choose another --output")
-    with open(path, "a", encoding="utf-8") as fp:
+    try:
+        fp = open(path, "a", encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"cannot write --output {path}: {(e.strerror or str(e)).lower()}") from None
+    with fp:
         yield fp
 
 

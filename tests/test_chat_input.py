@@ -1,5 +1,7 @@
 """lalm-chat refuses what cannot make a run before it sends a request: one line on
 stderr naming the flag, the file or the line, and the exit code of its kind."""
+import os
+
 import pytest
 
 from conftest import prompts_jsonl, run_main
@@ -60,3 +62,24 @@ def test_a_base_url_with_a_host_name_a_port_and_a_trailing_slash_is_taken(api_ke
         ran = run_main(chat.main, ["--base-url", f"http://localhost:{port}/v1/", "-q"], prompts_jsonl(PROMPTS[:1]))
     assert ran.code == 0, ran.err
     assert ran.records[0]["base_url"] == f"http://localhost:{port}/v1"
+
+
+def test_an_output_that_cannot_be_written_is_refused_in_words_before_the_server_is_asked(
+        api_key, tmp_path, monkeypatch):
+    from lalmpipe.localserver import free_port
+    nowhere = f"http://127.0.0.1:{free_port()}/v1"     # asked first, it would say it cannot connect
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("a file")
+    (tmp_path / "done.jsonl").write_text('{"kind":"run"}\n')
+    cases = {
+        "logs/x.jsonl": "no such folder logs",
+        "notes.txt/x.jsonl": "notes.txt is not a folder",
+        ".": "it is a folder",
+        "done.jsonl": "it already holds a run; use --resume to continue it or choose another --output",
+    }
+    for path, why in cases.items():
+        ran = run_main(chat.main, ["--base-url", nowhere, "--model", "m", "--output", path],
+                       prompts_jsonl(PROMPTS))
+        assert (ran.code, ran.out, ran.err) == (1, "", f"lalm-chat: error: cannot write --output {path}: {why}\n")
+    assert sorted(os.listdir(tmp_path)) == ["done.jsonl", "notes.txt"]
+    assert (tmp_path / "done.jsonl").read_text() == '{"kind":"run"}\n'
