@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from .records import Server
+from .transport import connect_reason
 
 
 class Unreachable(Exception):
@@ -33,8 +34,9 @@ def _models(transport) -> list | None:
         data = transport.get_json("/models")
     except Exception as e:  # noqa: BLE001
         if _is_connect_error(e):
-            raise Unreachable(f"cannot reach the server at {transport.base_url}: "
-                              f"{transport.redact(_reason(e))}") from None
+            lead = "cannot connect to" if "Connect" in type(e).__name__ else "no answer from"
+            raise Unreachable(transport.redact(f"{lead} {transport.base_url}: {connect_reason(e)}")
+                              + " (is the server running? set --base-url or OPENAI_BASE_URL)") from None
         return None
     items = data.get("data") if isinstance(data, dict) else data
     return items if isinstance(items, list) else None
@@ -95,7 +97,3 @@ def _try(transport, path, root=False, method="GET", body=None):
 def _is_connect_error(e: Exception) -> bool:
     name = type(e).__name__
     return "Connect" in name or "Timeout" in name or isinstance(e, OSError)
-
-
-def _reason(e: Exception) -> str:
-    return str(e) or type(e).__name__

@@ -7,7 +7,9 @@ an open connection: neither the SDK building it nor a reconnect counts.
 """
 from __future__ import annotations
 
+import os
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
@@ -164,7 +166,7 @@ class Transport:
             att.failure = ("timeout", f"no answer within {wait_s:g} s")
         except openai.APIConnectionError as e:
             cause = e.__cause__ or e
-            att.failure = ("connection", f"{type(cause).__name__}: {cause}")
+            att.failure = ("connection", self.connection_failure(cause))
             # httpx's words for a kept-alive connection the server had already closed
             att.unanswered = att.http_status is None and "without sending a response" in str(cause)
         except _StreamTimeout as e:
@@ -176,6 +178,12 @@ class Transport:
                 att.failure = ("stream", f"{type(e).__name__}: {e}")
         att.connection = self._connection
         return att
+
+    def connection_failure(self, e: BaseException) -> str:
+        """A connection that failed, in words: one never made names the server."""
+        if "Connect" in type(e).__name__:
+            return f"cannot connect to {self.base_url}: {connect_reason(e)}"
+        return connect_reason(e)
 
     def _read(self, reads, att: Attempt, deadline_s: float | None, on_event) -> None:
         """The hot loop: take the time and keep the bytes; everything else waits.
@@ -240,6 +248,27 @@ class Transport:
 
 class _StreamTimeout(Exception):
     pass
+
+
+def connect_reason(e: BaseException) -> str:
+    """Why a connection failed, in words ("connection refused"), from the
+    operating system's error under an HTTP library's, without its [Errno N]."""
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return "unknown host"   # its words ("name or service not known") vary by system
+        if isinstance(cause, OSError) and cause.errno and cause.errno > 0:
+            return _lower_first(os.strerror(cause.errno))
+        cause = cause.__cause__ or cause.__context__
+    return _plain_errno(str(e) or type(e).__name__)
+
+
+def _plain_errno(text: str) -> str:
+    return _lower_first(re.sub(r"^\[Errno -?\d+\]\s*", "", text))
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
 
 
 def _split_query(url: str) -> tuple[str, str]:

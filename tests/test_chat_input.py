@@ -83,3 +83,15 @@ def test_an_output_that_cannot_be_written_is_refused_in_words_before_the_server_
         assert (ran.code, ran.out, ran.err) == (1, "", f"lalm-chat: error: cannot write --output {path}: {why}\n")
     assert sorted(os.listdir(tmp_path)) == ["done.jsonl", "notes.txt"]
     assert (tmp_path / "done.jsonl").read_text() == '{"kind":"run"}\n'
+
+
+def test_a_server_not_listening_is_named_in_words_with_what_to_do(api_key, monkeypatch):
+    from lalmpipe.localserver import free_port
+    port = free_port()
+    ran = run_main(chat.main, ["--base-url", f"http://127.0.0.1:{port}/v1", "--model", "m"], prompts_jsonl(PROMPTS))
+    assert (ran.code, ran.out) == (1, "")
+    assert ran.err == (f"lalm-chat: error: cannot connect to http://127.0.0.1:{port}/v1: connection refused "
+                       "(is the server running? set --base-url or OPENAI_BASE_URL)\n")
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://bench:KEY-77a1@127.0.0.1:{port}/v1")
+    ran = run_main(chat.main, [], prompts_jsonl(PROMPTS))
+    assert ran.err.startswith(f"lalm-chat: error: cannot connect to http://***@127.0.0.1:{port}/v1: connection refused")

@@ -182,7 +182,7 @@ def test_unreachable_server_is_one_line_and_exit_1(api_key):
     ran = run_main(chat.main, ["--base-url", f"http://127.0.0.1:{free_port()}/v1", "--model", "m"],
                    prompts_jsonl(["x"]))
     assert ran.code == 1
-    assert ran.err.startswith("lalm-chat: error: cannot reach the server at http://127.0.0.1:")
+    assert ran.err.startswith("lalm-chat: error: cannot connect to http://127.0.0.1:")
     assert ran.err.count("\n") == 1 and "Traceback" not in ran.err
     assert ran.out == ""
 

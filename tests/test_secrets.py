@@ -129,8 +129,8 @@ def test_an_unreachable_server_names_no_credential(api_key, tmp_path):
     ran = run_main(chat.main, ["--base-url", keyed(f"http://127.0.0.1:{port}/v1"), "--output", str(out)],
                    prompts_jsonl(["a"]))
     assert ran.code == 1 and ran.out == ""
-    assert ran.err.startswith(f"lalm-chat: error: cannot reach the server at "
-                              f"http://***@127.0.0.1:{port}/v1?api_key=***&tag=x: ")
+    assert ran.err.startswith(f"lalm-chat: error: cannot connect to "
+                              f"http://***@127.0.0.1:{port}/v1?api_key=***&tag=x: connection refused ")
     assert ran.err.count("\n") == 1
     assert [s for s in LEAKS if s in ran.err + (out.read_text() if out.exists() else "")] == []
 
