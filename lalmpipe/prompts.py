@@ -18,7 +18,7 @@ from typing import Iterator
 
 from .bundled import bundled, open_text
 from .cli import ExitCode, add_common_args, new_parser, positive_int, run_command
-from .errors import InputError
+from .errors import InputError, UsageError
 from .jsonl import RecordWriter
 from .records import TIERS, Prompt
 
@@ -104,9 +104,27 @@ def parse_ids(spec: str) -> set[int]:
     return ids
 
 
+def id_ranges(ids) -> str:
+    """Write ids as --ids takes them: {1, 2, 3, 7} -> '1-3,7'."""
+    runs: list[list[int]] = []
+    for i in sorted(ids):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def select(prompts: list[Prompt], tiers=None, ids=None, num_rounds=None) -> list[Prompt]:
-    chosen = [p for p in prompts
-              if (not tiers or p.tier in tiers) and (ids is None or p.id in ids)]
+    """The prompts of the tiers and ids asked for; a selection of none is a usage error
+    naming the ids there are (the next command would fail on empty input)."""
+    in_tiers = [p for p in prompts if not tiers or p.tier in tiers]
+    chosen = [p for p in in_tiers if ids is None or p.id in ids]
+    if not chosen:
+        flags = " ".join([f"--tier {t}" for t in tiers or ()] + ([f"--ids {id_ranges(ids)}"] if ids else []))
+        where = f"{', '.join(tiers)}: " if tiers else ""
+        there = f"ids {id_ranges(p.id for p in in_tiers)}" if in_tiers else "none in the file"
+        raise UsageError(f"no prompt matches {flags} ({where}{there})")
     return chosen if num_rounds is None else chosen[:num_rounds]
 
 

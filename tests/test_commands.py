@@ -57,6 +57,18 @@ def test_prompts_selection():
     assert set(rec) == {"kind", "v", "id", "tier", "text"} and rec["kind"] == "prompt"
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--ids", "999"], "no prompt matches --ids 999 (ids 1-231)"),
+    (["--ids", "232-240,300"], "no prompt matches --ids 232-240,300 (ids 1-231)"),
+    (["--tier", "expert", "--ids", "1-5"], "no prompt matches --tier expert --ids 1-5 (expert: ids 121-160)"),
+    (["--tier", "foundations", "--tier", "ultra-deep", "--ids", "100"],
+     "no prompt matches --tier foundations --tier ultra-deep --ids 100 (foundations, ultra-deep: ids 1-40,201-231)"),
+])
+def test_a_selection_of_no_prompt_is_a_usage_error_naming_the_ids_there_are(argv, message):
+    ran = run_main(prompts.main, argv)
+    assert (ran.code, ran.out, ran.err) == (2, "", f"lalm-prompts: error: {message}\n")
+
+
 @pytest.mark.parametrize("content, message", [
     ('[{"id": 1, "tier": "foundations", "text": "a"},\n {"id": 3, "tier": "expert", "text": "b"}]',
      ":2: id 3 out of order"),
