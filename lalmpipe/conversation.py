@@ -3,7 +3,6 @@ outcome, retries, the stop policy, the forked recall probes and interruptions.""
 from __future__ import annotations
 
 import contextlib
-import signal
 import time
 from datetime import datetime, timezone
 from typing import Iterable, Iterator
@@ -12,6 +11,7 @@ from . import outcome
 from .reasoning import read_stream
 from .records import (COLD_CACHE_PROMPT, COLD_MARKER, STATUS_INTERRUPTED, STATUS_OK, Exchange, Fact,
                       Probe, Prompt, Run, Turn)
+from .signals import on_stop
 from .transport import Attempt
 
 
@@ -112,18 +112,8 @@ class Interrupts:
     @contextlib.contextmanager
     def installed(self):
         """Catch SIGINT and SIGTERM while the run lasts (main thread only)."""
-        previous = {}
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, self._handler)
-        except ValueError:   # not the main thread: leave signals alone
-            pass
-        try:
+        with on_stop(self._handler):
             yield self
-        finally:
-            for sig, handler in previous.items():
-                if handler is not None:      # None: a handler not set from Python, nothing to restore
-                    signal.signal(sig, handler)
 
 
 INTERRUPTED = ("interrupted", "interrupted by the user")

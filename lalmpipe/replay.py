@@ -26,11 +26,9 @@ Example:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import json
 import select
-import signal
 import socket
 import struct
 import threading
@@ -44,6 +42,7 @@ from .errors import InputError
 from .jsonl import read_records
 from .history import exchanges
 from .records import Probe, Run, Server, Turn
+from .signals import interrupt, on_stop
 from .sse import encode_event
 
 PROG = "lalm-replay"
@@ -360,7 +359,8 @@ def work(args, stdin, stdout, stderr) -> int:
     probes = sum(isinstance(r, Probe) for _, r in recording.requests)
     what = f"{len(recording.requests) - probes} turns" + (f" and {probes} probes" if probes else "")
     try:
-        with _signals_interrupt():
+        # a replay has no end of its own: whatever stops it interrupts it (exit 130)
+        with on_stop(interrupt):
             print(f"{PROG}: replaying {what} at {server.base_url} (speed {args.speed:g}); Ctrl-C stops",
                   file=stderr, flush=True)
             server.serve_forever()
@@ -371,27 +371,3 @@ def work(args, stdin, stdout, stderr) -> int:
 
 def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
     return run_command(PROG, build_parser(), argv, stdin, stdout, stderr, work)
-
-
-@contextlib.contextmanager
-def _signals_interrupt():
-    """Stop serving on Ctrl-C or SIGTERM as an interruption (exit 130).
-
-    A replay has no end of its own, so whatever stops it interrupts it; SIGTERM
-    counts as Ctrl-C, as in lalm-chat, which the README's "130 when
-    interrupted" covers. SIGINT is set too, so that a replay started in the
-    background of a script (SIGINT ignored) still stops on Ctrl-C.
-    """
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    previous = {}
-    try:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        pass
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
