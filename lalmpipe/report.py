@@ -27,7 +27,8 @@ from .jsonl import Line, read_records
 from .records import Metrics, Recall, Run
 from .render import csv as csv_render
 from .render.markdown import depths_markdown, markdown
-from .render.plot import PLOT_FILES
+from .render.page import write_page
+from .render.plot import PLOT_FILES, plot
 from .render.tables import comparison
 from .render.text import depths_text, text
 from .results import Comparison, RunReport, to_builtins
@@ -75,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depths", action="store_true",
                    help="print only the depth table: one row per measured turn (lalm-chat --at), "
                         "several runs side by side (text, markdown or csv)")
-    p.add_argument("--plot", type=file_ending(*PLOT_FILES), metavar="FILE", help="also draw the run(s) against context size "
-                   "(.png or .svg; needs matplotlib)")
+    p.add_argument("--plot", type=file_ending(*PLOT_FILES), metavar="FILE",
+                   help="also draw the run(s) against context size (.png or .svg; needs matplotlib)")
     add_common_args(p)
     return p
 
@@ -95,10 +96,8 @@ def work(args, stdin, stdout, stderr) -> int:
     if not any(r.turns for r in reports):
         raise InputError(f"{', '.join(args.inputs) or 'stdin'}: no metrics records to report")
     if args.plot:
-        from .render.plot import plot
         plot(reports, args.plot)
     if args.format == "html":
-        from .render.page import write_page
         write_page(reports, args.texts, stdout, None if args.quiet else stderr)
     else:
         emit(reports, args.format, stdout, args.plot, args.depths)

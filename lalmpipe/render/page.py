@@ -14,6 +14,7 @@ reasoning and its answer, as the model wrote them.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import hashlib
 import json
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from ..jsonl import read_records
 from ..records import Metrics, Run, Turn
 from ..results import RunReport
 from .columns import cell, heading
+from .inline_svg import inline_svg
+from .plot import svg
 from .sentences import history_sentence, summary_lines
 from .tables import (comparison, depth_comparison, depth_rows, depth_title, status_cell, tier_rows, turn_cell,
                      turn_state)
@@ -108,9 +111,6 @@ def _figures(enabled: bool):
 
     def draw(reports: list[RunReport], prefix: str):
         from markupsafe import Markup
-
-        from .inline_svg import inline_svg
-        from .plot import svg
         return Markup(inline_svg(svg(reports), prefix))
     return draw
 
@@ -183,7 +183,6 @@ def _details(row: Metrics) -> list[tuple[str, str]]:
 def write_page(reports: list[RunReport], recordings: list[str], stdout, stderr=None) -> None:
     """Write the page of the reports, with the texts of the recordings, and say
     on stderr (when given) how large it is and how many turns have their texts."""
-    import importlib.util
     texts = read_texts(recordings) if recordings else None
     page = render(reports, texts, figures=importlib.util.find_spec("matplotlib") is not None)
     stdout.write(page)
