@@ -114,8 +114,10 @@ def degradation(ok: list[Metrics]) -> dict:
     pts = [(r.context_tokens, r.ttft_s) for r in ok if r.context_tokens is not None and r.ttft_s is not None]
     k = slope([p[0] for p in pts], [p[1] for p in pts])
     tps = [(r.context_tokens, r.decode_tps) for r in ok if r.decode_tps]
-    start = mean([t for _, t in tps[:3]]) if tps else None
-    end = mean([t for _, t in tps[-3:]]) if tps else None
+    # the first and last three turns, or, with fewer than six, halves that do not overlap
+    n = min(3, max(len(tps) // 2, 1))
+    start = mean([t for _, t in tps[:n]]) if tps else None
+    end = mean([t for _, t in tps[-n:]]) if len(tps) > 1 else None
     half = next((c for c, t in tps if start and t < start / 2), None)
     return {"ttft_slope_s_per_1k_tokens": r6(k * 1000 if k is not None else None),
             "decode_tps_start": r3(start), "decode_tps_end": r3(end),
@@ -196,7 +198,8 @@ def memory(rows: list[Metrics], recalls: list[Recall], window: int | None,
     if not recalls and not ruled:
         return None
     aged = [r for r in recalls if r.turns_since_stated is None or r.turns_since_stated >= min_fact_age]
-    rs = rounds(aged)
+    at = {r.turn: r.context_tokens for r in rows}
+    rs = rounds(aged, at)
     first = rs[0].recall if rs else None
     return Memory(
         rounds=rs, probes=len(recalls), min_fact_age_turns=min_fact_age, probes_counted=len(aged),
@@ -206,7 +209,7 @@ def memory(rows: list[Metrics], recalls: list[Recall], window: int | None,
         advertised_window_tokens=window,
         by_distance=bands(recalls, lambda r: r.tokens_since_stated, DISTANCE_EDGES),
         by_depth=bands(recalls, lambda r: r.depth, DEPTH_EDGES),
-        grid=grid(recalls),
+        grid=grid(recalls, at),
         rule_kept_turns=sum(1 for r in ruled if r.rule_kept) if ruled else None,
         rule_checked_turns=len(ruled) if ruled else None,
         rule_first_broken=None if broken is None else RuleBreak(turn=broken.turn,
@@ -227,13 +230,16 @@ def _by_round(recalls: list[Recall]) -> dict[int, list[Recall]]:
     return by_turn
 
 
-def rounds(recalls: list[Recall]) -> list[Round]:
-    """Group recall records by the turn they followed: score and context per round."""
+def rounds(recalls: list[Recall], at: dict[int, int | None] | None = None) -> list[Round]:
+    """Group recall records by the turn they followed: score and context per round. A
+    round's context is that of the turn it followed (`at`: turn -> context), where known:
+    the probes' own requests add their question, which no turn of the run ever held."""
     out = []
     for turn, rs in sorted(_by_round(recalls).items()):
         ctx = [r.context_tokens for r in rs if r.context_tokens is not None]
+        known = (at or {}).get(turn)
         out.append(Round(after_turn=turn, probes=len(rs), recall=_share(rs),
-                         context_tokens=max(ctx) if ctx else None))
+                         context_tokens=known if known is not None else max(ctx) if ctx else None))
     return out
 
 
@@ -265,14 +271,14 @@ def bands(recalls: list[Recall], value_of: Callable[[Recall], float | None],
                  recall=_share(rs)) for b, rs in sorted(by_band.items())]
 
 
-def grid(recalls: list[Recall]) -> list[Cell]:
+def grid(recalls: list[Recall], at: dict[int, int | None] | None = None) -> list[Cell]:
     """Recall per probe round and depth band: the needle-in-a-haystack picture."""
     cells: dict[tuple[int, int], list[Recall]] = {}
     for r in recalls:
         b = band_of(r.depth, DEPTH_EDGES)
         if b is not None:
             cells.setdefault((r.after_turn, b), []).append(r)
-    ctx = {row.after_turn: row.context_tokens for row in rounds(recalls)}
+    ctx = {row.after_turn: row.context_tokens for row in rounds(recalls, at)}
     return [Cell(after_turn=t, context_tokens=ctx[t], depth_from=DEPTH_EDGES[b], probes=len(rs),
                  recall=_share(rs)) for (t, b), rs in sorted(cells.items())]
 

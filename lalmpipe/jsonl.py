@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, NamedTuple, TextIO
+from typing import Callable, Iterable, Iterator, NamedTuple, TextIO
 
 import jsonlines
 import msgspec
 
 from .errors import InputError
-from .records import KINDS, Record, RecordError, Run, Turn, as_record, check_version
+from .records import KINDS, Record, RecordError, Run, Turn, as_record, check_version, identity
 
 
 def _binary(stream) -> object:
@@ -69,6 +69,28 @@ def read_records(inputs: list[str], stdin, consumes: set[str], passes: set[str] 
     if count == 0:
         where = "stdin" if not inputs or inputs == ["-"] else ", ".join(inputs)
         raise InputError(f"{where}:1: empty input: no records")
+
+
+def once(lines: Iterable[Line], warn: Callable[[str], None]) -> Iterator[Line]:
+    """The records read, each only once: a run, turn or probe seen again (the same file
+    given twice, say) is dropped, never counted twice, and a warning says where, once
+    for each place it was first read."""
+    seen: dict[tuple, str] = {}
+    dropped: dict[tuple[str, str], list[str]] = {}
+    for item in lines:
+        key = identity(item.record) if item.record is not None else None
+        where = f"{item.source}:{item.lineno}"
+        if key is None:
+            yield item
+        elif key in seen:
+            dropped.setdefault((item.source, seen[key].rpartition(":")[0]), []).append(
+                f"{where} repeats {seen[key]}")
+        else:
+            seen[key] = where
+            yield item
+    for (source, first), repeats in dropped.items():
+        warn(f"{source}: {len(repeats)} record{'s' if len(repeats) > 1 else ''} already read from {first} "
+             f"dropped ({repeats[0]}{', ...' if len(repeats) > 1 else ''})")
 
 
 def checked_records(name: str, fp, consumes: set[str], passes: set[str] = frozenset(),

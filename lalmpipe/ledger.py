@@ -96,7 +96,8 @@ def _answer_signals(row: Metrics, turn: Turn, view, rule_check) -> None:
     row.repeat_3gram_ratio = recall.repeat_ngram_ratio(view.content) if ok else None
     row.empty_answer = ok and not view.content
     row.hit_max_tokens = view.finish_reason == "length"
-    row.rule_kept = bool(rule_check.search(view.content)) if ok and rule_check else None
+    # an answer cut by max_tokens never reached the end, where the rule's line goes: not judged
+    row.rule_kept = bool(rule_check.search(view.content)) if ok and rule_check and not row.hit_max_tokens else None
 
 
 def _count(text: str) -> int | None:

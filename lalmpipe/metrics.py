@@ -19,7 +19,7 @@ from typing import Iterable, Iterator
 
 from .cli import ExitCode, add_common_args, add_input_args, new_parser, run_command
 from .errors import InputError
-from .jsonl import RecordWriter, read_records
+from .jsonl import RecordWriter, once, read_records
 from .ledger import Ledger
 from .records import Probe, Run, Turn
 
@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def work(args, stdin, stdout, stderr) -> int:
     out = RecordWriter(stdout)
-    records = read_records(args.inputs, stdin, consumes={"run", "turn", "probe"}, passes={"prompt"},
-                           hint={"metrics": "this is already lalm-metrics output"})
+    records = once(read_records(args.inputs, stdin, consumes={"run", "turn", "probe"}, passes={"prompt"},
+                                hint={"metrics": "this is already lalm-metrics output"}),
+                   lambda message: print(f"{PROG}: warning: {message}", file=stderr))
     for record in derive(records):
         out.write(record)
     return ExitCode.OK

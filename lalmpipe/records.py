@@ -310,6 +310,19 @@ class Recall(Record):
 KINDS: dict[str, type[Record]] = {cls.KIND: cls for cls in (Prompt, Run, Turn, Metrics, Probe, Recall)}
 
 
+def identity(record: Record) -> tuple | None:
+    """What makes a record one of a kind: a run by its id, a turn (or its metrics) by its
+    run and number, a probe (or its recall) by its run, turn and fact; None for a prompt."""
+    if isinstance(record, Run):
+        return ("run", record.run_id)
+    if isinstance(record, (Turn, Metrics)):
+        return (record.KIND, record.run_id, record.turn)
+    if isinstance(record, (Probe, Recall)):
+        fact = record.fact.id if isinstance(record, Probe) else record.fact_id
+        return (record.KIND, record.run_id, record.after_turn, fact)
+    return None
+
+
 def check_version(d: dict) -> None:
     """Reject a record this version cannot read: no version, or a newer one."""
     v = d.get("v")

@@ -23,7 +23,7 @@ from . import aggregate
 from .cli import (ExitCode, add_common_args, add_input_args, file_ending, new_parser, non_negative_int,
                   run_command)
 from .errors import InputError, UsageError
-from .jsonl import Line, read_records
+from .jsonl import Line, once, read_records
 from .records import Metrics, Recall, Run
 from .render import csv as csv_render
 from .render.markdown import depths_markdown, markdown
@@ -90,8 +90,9 @@ def work(args, stdin, stdout, stderr) -> int:
     if "-" in args.texts:
         raise UsageError("--texts needs a file: stdin carries the metrics")
     hint = "pipe the recording through lalm-metrics first"
-    records = read_records(args.inputs, stdin, consumes={"run", "metrics", "recall"},
-                           passes={"prompt"}, hint={"turn": hint, "probe": hint})
+    records = once(read_records(args.inputs, stdin, consumes={"run", "metrics", "recall"},
+                                passes={"prompt"}, hint={"turn": hint, "probe": hint}),
+                   lambda message: print(f"{PROG}: warning: {message}", file=stderr))
     reports = [aggregate.analyse(run, rows, recalls, args.min_fact_age) for run, rows, recalls in collect(records)]
     if not any(r.turns for r in reports):
         raise InputError(f"{', '.join(args.inputs) or 'stdin'}: no metrics records to report")

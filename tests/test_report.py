@@ -5,12 +5,12 @@ import os
 
 import pytest
 
-from conftest import prompts_jsonl, run_main
+from conftest import ROOT, prompts_jsonl, run_main
 import msgspec
 
 from lalmpipe import aggregate, chat, metrics, report
 from lalmpipe.render.columns import cell
-from lalmpipe.records import Metrics
+from lalmpipe.records import Metrics, Recall, Run
 from regen_golden import FIXTURES
 
 
@@ -158,3 +158,77 @@ def test_a_round_of_probes_shows_on_a_terminal(tmp_path, api_key):
     live = tty.getvalue()
     assert live.index("turn 2: asking planted fact 1 of 2") < live.index("turn 2: asking planted fact 2 of 2") \
         < live.index("turn 2: asked 2")
+
+
+# ---- what a new user tripped over ----
+
+EXAMPLE_RUN = os.path.join(ROOT, "docs", "examples", "smollm2.jsonl")
+
+
+def test_the_same_run_given_twice_is_counted_once():
+    once_ = run_main(metrics.main, [EXAMPLE_RUN])
+    twice = run_main(metrics.main, [EXAMPLE_RUN, EXAMPLE_RUN])
+    assert twice.code == 0 and twice.out == once_.out
+    assert twice.err == (f"lalm-metrics: warning: {EXAMPLE_RUN}: 9 records already read from {EXAMPLE_RUN} "
+                         f"dropped ({EXAMPLE_RUN}:1 repeats {EXAMPLE_RUN}:1, ...)\n")
+    one = json.loads(run_main(report.main, ["--format", "json"], once_.out).out)
+    both = run_main(report.main, ["--format", "json", "-", "-"], once_.out + once_.out)
+    assert json.loads(both.out) == one and one["summary"]["turns"] == 8
+    assert "9 records already read from stdin dropped" in both.err
+
+
+def rows_jsonl(*rows):
+    run = Run(run_id="r", started_at="t", tool={}, base_url="http://h/v1", model="m")
+    return "".join(json.dumps(r) + "\n" for r in [run.to_dict()] + [x.to_dict() for x in rows])
+
+
+def test_one_rule_counts_failed_and_interrupted_turns_in_every_sentence():
+    stdin = rows_jsonl(row(1, 1000, 0.2, 50.0), row(2, 2000, 0.3, 45.0),
+                       Metrics(run_id="r", turn=3, status="interrupted", error_kind="interrupted"))
+    text = run_main(report.main, [], stdin).out
+    assert "Turns        3: 2 ok, 0 failed, 0 truncated, 1 interrupted" in text
+    assert "Ceiling      No ceiling found in 3 turns (1 interrupted); the largest" in text
+    stdin = rows_jsonl(row(1, 1000, 0.2, 50.0), Metrics(run_id="r", turn=2, status="error", error_kind="http"),
+                       Metrics(run_id="r", turn=3, status="interrupted", error_kind="interrupted"))
+    text = run_main(report.main, [], stdin).out
+    assert "Turns        3: 1 ok, 1 failed, 0 truncated, 1 interrupted" in text
+    assert "No ceiling found in 3 turns (1 failed for reasons other than the context, 1 interrupted)" in text
+
+
+def test_an_answer_cut_by_max_tokens_is_not_judged_on_the_rule(api_key):
+    from scripted import ForkedServer, _chunk, sse
+    rule = {"text": "End with -- X.", "check": "-- X\\s*\\Z"}
+    answers = [("Fine. -- X", "stop"), ("Cut before the end", "length"), ("No marker.", "stop")]
+
+    def answer(i, body):
+        text, finish = answers[i]
+        return sse((0.01, _chunk({"content": text})), (0.02, _chunk({}, finish=finish)), (0.03, "[DONE]"))
+    with ForkedServer(answer) as srv:
+        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q"], prompts_jsonl(["a", "b", "c"]))
+    records = [json.loads(x) for x in ran.out.splitlines()]
+    records[0]["settings"]["rule"] = rule     # as --probe-every sets it
+    m = run_main(metrics.main, [], "".join(json.dumps(r) + "\n" for r in records))
+    rows = [r for r in m.records if r["kind"] == "metrics"]
+    assert [(r["hit_max_tokens"], r["rule_kept"]) for r in rows] == [(False, True), (True, None), (False, False)]
+    text = run_main(report.main, [], m.out).out
+    assert ("Rule         kept in 1 of 2 answers judged; first broken at turn 3 ("
+            in text) and "1 answer cut by max_tokens before the rule's line could come, not judged" in text
+
+
+def test_with_few_turns_decode_start_and_end_are_the_first_and_last():
+    rows = [row(1, 1000, 0.2, 43.0), row(2, 2000, 0.3, 38.0), row(3, 3000, 0.4, 32.4)]
+    s = aggregate.summarize(rows)
+    assert (s.decode_tps_start, s.decode_tps_end, s.decode_ratio_end_to_start) == (43.0, 32.4, 0.753)
+    s = aggregate.summarize(rows + [row(4, 4000, 0.5, 30.0)])      # halves: two and two
+    assert (s.decode_tps_start, s.decode_tps_end) == (40.5, 31.2)
+    assert aggregate.summarize(rows[:1]).decode_tps_end is None      # one turn: no change to tell
+
+
+def test_the_effective_context_never_exceeds_the_largest_context_measured():
+    rows = [row(1, 1000, 0.2, 50.0), row(2, 2000, 0.3, 45.0)]
+    # each probe's own request holds its question and answer on top of the turn it followed
+    recalls = [Recall(run_id="r", after_turn=t, fact_id="f", expected="x", answer="x", correct=True,
+                      context_tokens=ctx + 40, turns_since_stated=30) for t, ctx in ((1, 1000), (2, 2000))]
+    m = aggregate.memory(rows, recalls, None)
+    assert [r.context_tokens for r in m.rounds] == [1000, 2000]
+    assert m.effective_context_tokens == 2000 == aggregate.summarize(rows).max_context_tokens

@@ -40,9 +40,11 @@ def summary_lines(report: RunReport) -> list[tuple[str, str]]:
 def ceiling_sentence(report: RunReport) -> str:
     c, s = report.ceiling, report.summary
     if c is None:
-        failed = s.turns - s.ok
+        # no failure was the context's: each was for another reason, or the user's stop
+        others = [f"{s.errors} failed for reasons other than the context"] if s.errors else []
+        others += [f"{s.interrupted} interrupted"] if s.interrupted else []
         return (f"No ceiling found in {s.turns} turns"
-                + (f" ({failed} failed for reasons other than the context)" if failed else "")
+                + (f" ({', '.join(others)})" if others else "")
                 + f"; the largest context was {approx(count(s.max_context_tokens), s.estimated)} tokens.")
     row = next((r for r in report.turns if r.turn == c.turn), None)
     cut = row is not None and row.finish_reason == "length"
@@ -88,9 +90,11 @@ def memory_lines(m: Memory | None) -> list[tuple[str, str]]:
                                        "0 = start of the context")))
     if m.rule_checked_turns:
         broke = m.rule_first_broken
-        out.append(("Rule", f"kept in {m.rule_kept_turns} of {m.rule_checked_turns} turns"
+        out.append(("Rule", f"kept in {m.rule_kept_turns} of {plural(m.rule_checked_turns, 'answer')} judged"
                             + (f"; first broken at turn {broke.turn} ({count(broke.context_tokens)} tokens)"
-                               if broke else "")))
+                               if broke else "")
+                            + (f"; {plural(m.hit_max_tokens, 'answer')} cut by max_tokens before the rule's "
+                               "line could come, not judged" if m.hit_max_tokens else "")))
     out.append(("Degeneration", f"repeated 3-grams {cell(m.repeat_3gram_ratio_mean, 'repeat_3gram_ratio_mean')} "
                                 f"on average; {plural(m.empty_answers, 'empty answer')}; "
                                 f"{plural(m.hit_max_tokens, 'answer')} cut by max_tokens"))
