@@ -100,15 +100,16 @@ def test_probes_find_the_effective_context_and_stay_out_of_the_conversation(tmp_
     assert json.loads(run_main(report.main, ["--format", "json"], measured.out).out)["memory"]["rounds"] == []
     doc = json.loads(run_main(report.main, ["--format", "json", "--min-fact-age", "0"], measured.out).out)
     m = doc["memory"]
-    # probe context = 100 x messages + 5: right at 505, 905; wrong from 1305 on
+    # a round's context is its turn's (100 x messages + 5): right after turns 2 and 4 (the probes'
+    # own requests hold 505 and 905), wrong from turn 6 (1,305) on
     assert [(r["after_turn"], r["context_tokens"], r["recall"]) for r in m["rounds"]] == [
-        (2, 505, 1.0), (4, 905, 1.0), (6, 1305, 0.0), (8, 1705, 0.0), (10, 2105, 0.0)]
-    assert m["effective_context_tokens"] == 905
-    assert m["effective_context_relative_tokens"] == 905
+        (2, 305, 1.0), (4, 705, 1.0), (6, 1105, 0.0), (8, 1505, 0.0), (10, 1905, 0.0)]
+    assert m["effective_context_tokens"] == 705
+    assert m["effective_context_relative_tokens"] == 705
     assert m["rule_first_broken"]["turn"] == 6 and m["rule_kept_turns"] == 5
     text = run_main(report.main, ["--min-fact-age", "0"], measured.out).out
-    assert "effective context 905 tokens (recall >= 90%)" in text
-    assert "Rule         kept in 5 of 10 turns; first broken at turn 6" in text
+    assert "effective context 705 tokens (recall >= 90%)" in text
+    assert "Rule         kept in 5 of 10 answers judged; first broken at turn 6" in text
 
 
 K_TOKENS = 1500     # the scripted model remembers what was said in its last K tokens
@@ -152,7 +153,7 @@ def test_a_model_that_remembers_k_tokens_has_an_effective_context_of_about_k(tmp
     m = doc["memory"]
     rounds = [(r["after_turn"], r["context_tokens"], r["recall"]) for r in m["rounds"]]
     # probe rounds every 3 turns, 600 tokens apart: the last round with recall >= 0.9 is within one of K
-    assert rounds[:3] == [(6, 1305, 1.0), (9, 1905, 0.6667), (12, 2505, 0.1667)]
+    assert rounds[:3] == [(6, 1105, 1.0), (9, 1705, 0.6667), (12, 2305, 0.1667)]
     assert abs(m["effective_context_tokens"] - K_TOKENS) <= 600
     assert m["by_distance"][0]["recall"] == 1.0 and m["by_distance"][-1]["recall"] == 0.0
     assert {c["depth_from"] for c in m["grid"]} >= {0.0, 0.2}
