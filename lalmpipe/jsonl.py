@@ -183,6 +183,21 @@ class RecordWriter:
 
 
 
+def unwritable(path: str) -> str | None:
+    """Why a file cannot be written at `path`, in words, or None: its folder missing or
+    read-only, a folder in its place, the file read-only."""
+    folder = os.path.dirname(path) or "."
+    if not os.path.exists(folder):
+        return f"no such folder {folder}"
+    if not os.path.isdir(folder):
+        return f"{folder} is not a folder"
+    if os.path.isdir(path):
+        return "it is a folder"
+    if not os.path.exists(path):
+        return None if os.access(folder, os.W_OK | os.X_OK) else f"the folder {folder} is not writable"
+    return None if os.access(path, os.W_OK) else "it is not writable"
+
+
 def silence(stream) -> None:
     """Point a broken stdout at devnull so the interpreter's exit flush is quiet."""
     try:

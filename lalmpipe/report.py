@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from typing import Iterable
 
@@ -23,7 +24,7 @@ from . import aggregate
 from .cli import (ExitCode, add_common_args, add_input_args, file_ending, new_parser, non_negative_int,
                   run_command)
 from .errors import InputError, UsageError
-from .jsonl import Line, once, read_records
+from .jsonl import Line, once, read_records, unwritable
 from .records import Metrics, Recall, Run
 from .render import csv as csv_render
 from .render.markdown import depths_markdown, markdown
@@ -89,6 +90,8 @@ def work(args, stdin, stdout, stderr) -> int:
         raise UsageError("--depths goes with --format text, markdown or csv")
     if "-" in args.texts:
         raise UsageError("--texts needs a file: stdin carries the metrics")
+    if args.plot:
+        check_plot(args.plot)
     hint = "pipe the recording through lalm-metrics first"
     records = once(read_records(args.inputs, stdin, consumes={"run", "metrics", "recall"},
                                 passes={"prompt"}, hint={"turn": hint, "probe": hint}),
@@ -103,6 +106,15 @@ def work(args, stdin, stdout, stderr) -> int:
     else:
         emit(reports, args.format, stdout, args.plot, args.depths)
     return ExitCode.OK
+
+
+def check_plot(path: str) -> None:
+    """Refuse a --plot that cannot be drawn, before any input is read."""
+    why = unwritable(path)
+    if why:
+        raise InputError(f"cannot write --plot {path}: {why}")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise InputError("--plot needs matplotlib, which is not installed: pip install 'lalmpipe[plot]'")
 
 
 def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:

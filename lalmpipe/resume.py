@@ -7,7 +7,7 @@ import json
 import os
 
 from .errors import InputError, UsageError
-from .jsonl import recording
+from .jsonl import recording, unwritable
 from .history import exchanges
 from .records import Prompt, Run, Turn
 
@@ -16,23 +16,11 @@ def check_output(path: str, resume: bool) -> None:
     """Refuse, before anything is sent, an --output FILE that cannot take the run:
     its folder missing or read-only, a folder in its place, or a run already in
     it (unless resumed)."""
-    def refuse(why: str):
+    why = unwritable(path)
+    if why is None and not resume and os.path.exists(path) and os.path.getsize(path) > 0:
+        why = "it already holds a run; use --resume to continue it or choose another --output"
+    if why:
         raise InputError(f"cannot write --output {path}: {why}")
-    folder = os.path.dirname(path) or "."
-    if not os.path.exists(folder):
-        refuse(f"no such folder {folder}")
-    if not os.path.isdir(folder):
-        refuse(f"{folder} is not a folder")
-    if os.path.isdir(path):
-        refuse("it is a folder")
-    if not os.path.exists(path):
-        if not os.access(folder, os.W_OK | os.X_OK):
-            refuse(f"the folder {folder} is not writable")
-        return
-    if not os.access(path, os.W_OK):
-        refuse("it is not writable")
-    if not resume and os.path.getsize(path) > 0:
-        refuse("it already holds a run; use --resume to continue it or choose another --output")
 
 
 @contextlib.contextmanager

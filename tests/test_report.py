@@ -232,3 +232,18 @@ def test_the_effective_context_never_exceeds_the_largest_context_measured():
     m = aggregate.memory(rows, recalls, None)
     assert [r.context_tokens for r in m.rounds] == [1000, 2000]
     assert m.effective_context_tokens == 2000 == aggregate.summarize(rows).max_context_tokens
+
+
+def test_a_plot_that_cannot_be_written_is_refused_in_words_before_any_input(tmp_path):
+    ran = run_main(report.main, ["--plot", str(tmp_path / "no" / "run.png")], "")
+    assert (ran.code, ran.err) == (1, f"lalm-report: error: cannot write --plot {tmp_path}/no/run.png: "
+                                      f"no such folder {tmp_path}/no\n")
+
+
+def test_a_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    ran = run_main(report.main, ["--plot", str(tmp_path / "run.png")], "")
+    assert (ran.code, ran.err) == (1, "lalm-report: error: --plot needs matplotlib, which is not installed: "
+                                      "pip install 'lalmpipe[plot]'\n")
