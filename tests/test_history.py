@@ -339,20 +339,26 @@ def test_the_depth_table_has_a_row_per_measured_turn_with_the_recall_asked_after
     assert page.find("p", "depths-title").text() == depth_title(load(doc)) + "."
 
 
+def _share(row):
+    """The depth table's cached cell of a metrics row: the share of its prompt from the cache."""
+    return "-" if row["cached_tokens"] is None else f"{row['cached_tokens'] / row['prompt_tokens']:.0%}"
+
+
 def test_runs_over_one_history_are_compared_depth_by_depth(recording, facts):
     (cold, cold_rows), (warm, warm_rows) = depth_run(recording[0], facts, "--cold"), depth_run(recording[0], facts)
     runs = [json.loads(o.splitlines()[0])["run_id"] for o in (cold, warm)]
     text = run_main(report.main, ["--depths"], cold + warm).out
     lines = text.splitlines()
     assert lines[0].startswith("Depths; history shared: both runs were sent the answers of run ")
-    assert lines[2].split() == ["turn", "depth", "(cl100k)"] + ["TTFT", "s", "[1]", "prefill", "tok/s", "[1]",
-                                                               "decode", "tok/s", "[1]", "recall", "[1]"] \
-        + ["TTFT", "s", "[2]", "prefill", "tok/s", "[2]", "decode", "tok/s", "[2]", "recall", "[2]"]
+    assert lines[2].split() == ["turn", "depth", "(cl100k)"] + [
+        w for i in ("[1]", "[2]") for w in ("TTFT", "s", i, "prefill", "tok/s", i, "cached", i,
+                                            "decode", "tok/s", i, "reason", "tok", i, "recall", i)]
     for line, c, w, recall in zip(lines[3:5], cold_rows, warm_rows, ("2/2", "0/2")):
         assert c["context_tokens_est"] == w["context_tokens_est"]          # the same messages (cache_prompt)
         assert line.split() == [str(c["turn"]), str(c["context_tokens_est"])] + [
             x for r in (c, w) for x in (cell(r["ttft_s"], ".3f"), cell(r["prefill_tps"], ".1f"),
-                                        cell(r["decode_tps"], ".1f"), recall)]
+                                        _share(r), cell(r["decode_tps"], ".1f"), str(r["reasoning_tokens"]),
+                                        recall)]
     assert lines[6:] == [f"[1] run {runs[0]}: scripted, cold", f"[2] run {runs[1]}: scripted, warm"]
     csv_rows = run_main(report.main, ["--depths", "--format", "csv"], cold + warm).out.splitlines()
     assert csv_rows[0] == ("run_id,model,prefill,turn,prompt_id,context_tokens,context_tokens_source,"
@@ -371,6 +377,8 @@ def test_runs_over_one_history_are_compared_depth_by_depth(recording, facts):
     assert [li.text() for li in page.find("ul", "legend").find_all("li")] == legend
     assert page.find("p", "history").text() == f"History {history_sentence(load(doc).runs)}."
     assert len(page.find_all("table", "depths")) == 2           # and each run's own
+    assert [sec.find("h2").text().split("run ")[-1] for sec in page.find_all("section", "run")] == [
+        f"{runs[0]}, cold", f"{runs[1]}, warm"]                  # each run says how it was prefilled
     md = run_main(report.main, ["--depths", "--format", "markdown"], cold + warm).out
     assert md.count("\n| 3 | ") == md.count("\n| 6 | ") == 1 and f"- [2] run {runs[1]}: scripted, warm" in md
     refused = run_main(report.main, ["--depths", "--format", "json"], cold)

@@ -127,6 +127,8 @@ def run_view(report: RunReport, index: int, texts, figure) -> dict:
     found = texts_of(report, texts)
     tiers = tier_rows(report)
     return {"index": index, "model": report.model, "run_id": report.run_id,
+            # a depth run is warm or cold: say which beside its id
+            "prefill": report.prefill if report.chose_depths else None,
             "identity": identity(run), "params": _pairs(run.params if run else {}),
             "settings": _pairs({k: v for k, v in settings.items() if k != "facts"}),
             "facts": settings.get("facts") or [],

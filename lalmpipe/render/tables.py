@@ -67,8 +67,8 @@ DEPTH_COLUMNS: tuple[tuple[str, Callable[[Depth], str]], ...] = (
     (heading("decode_tps"), lambda d: cell(d.decode_tps, "decode_tps")),
     (heading("reasoning_tokens"), lambda d: cell(d.reasoning_tokens)),
     (heading("recall"), _recall_cell))
-# per run in a comparison of depths
-DEPTH_COMPARED = DEPTH_COLUMNS[2:4] + DEPTH_COLUMNS[5:6] + DEPTH_COLUMNS[7:]
+# per run in a comparison of depths: all but the depth and the turn, which the rows give
+DEPTH_COMPARED = DEPTH_COLUMNS[2:]
 
 
 def depth_title(report: RunReport) -> str:
