@@ -13,6 +13,7 @@ from .records import (COLD_CACHE_PROMPT, COLD_MARKER, STATUS_INTERRUPTED, STATUS
                       Probe, Prompt, Run, Turn)
 from .signals import on_stop
 from .transport import Attempt
+from .vocab import ErrorKind
 
 
 def now_iso() -> str:
@@ -116,7 +117,7 @@ class Interrupts:
             yield self
 
 
-INTERRUPTED = ("interrupted", "interrupted by the user")
+INTERRUPTED = (ErrorKind.INTERRUPTED, "interrupted by the user")
 
 
 class Chat:

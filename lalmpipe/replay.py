@@ -43,6 +43,7 @@ from .jsonl import read_records
 from .history import exchanges
 from .records import Probe, Run, Server, Turn
 from .signals import interrupt, on_stop
+from .vocab import ErrorKind
 from .sse import encode_event
 
 PROG = "lalm-replay"
@@ -78,11 +79,11 @@ def script_from_record(rec: Turn | Probe) -> Script:
         return Script(status=rec.http_status, body=body.encode("utf-8"),
                       headers={"Content-Type": "application/json"})
     events = [(c[0], encode_event(c[1], c[2] if len(c) > 2 else "message")) for c in rec.chunks]
-    if kind == "timeout":   # the client stopped waiting for a server gone quiet
+    if kind == ErrorKind.TIMEOUT:   # the client stopped waiting for a server gone quiet
         return Script(status=rec.http_status, events=events, end="stall")
     if rec.http_status is None:
         return Script(end="reset")
-    cut = kind in ("stream", "interrupted")
+    cut = kind in (ErrorKind.STREAM, ErrorKind.INTERRUPTED)
     return Script(events=events, end="cut" if cut else "close")
 
 

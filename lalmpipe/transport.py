@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 from .errors import UsageError
 from .redact import credentials, mask_values, redact, redact_url
 from .sse import timed_events
+from .vocab import ErrorKind
 
 PLACEHOLDER_KEY = "lm-studio"   # the SDK needs a key; a local server takes any
 DEFAULT_BASE_URL = "http://localhost:1234/v1"   # LM Studio's
@@ -59,7 +60,7 @@ class Attempt:
 
     @property
     def interrupted(self) -> bool:
-        return self.failure is not None and self.failure[0] == "interrupted"
+        return self.failure is not None and self.failure[0] == ErrorKind.INTERRUPTED
 
 
 class Transport:
@@ -159,23 +160,23 @@ class Transport:
                 att.http_status = resp.status_code
                 self._read(resp.http_response.iter_raw(), att, deadline_s, on_event)
         except KeyboardInterrupt:
-            att.failure = ("interrupted", "interrupted by the user")
+            att.failure = (ErrorKind.INTERRUPTED, "interrupted by the user")
         except openai.APIStatusError as e:
             self._status_error(e, att)
         except openai.APITimeoutError:
-            att.failure = ("timeout", f"no answer within {wait_s:g} s")
+            att.failure = (ErrorKind.TIMEOUT, f"no answer within {wait_s:g} s")
         except openai.APIConnectionError as e:
             cause = e.__cause__ or e
-            att.failure = ("connection", self.connection_failure(cause))
+            att.failure = (ErrorKind.CONNECTION, self.connection_failure(cause))
             # httpx's words for a kept-alive connection the server had already closed
             att.unanswered = att.http_status is None and "without sending a response" in str(cause)
         except _StreamTimeout as e:
-            att.failure = ("timeout", str(e))
+            att.failure = (ErrorKind.TIMEOUT, str(e))
         except Exception as e:  # noqa: BLE001 - a broken stream is data, not a crash
             if "timeout" in type(e).__name__.lower():
-                att.failure = ("timeout", f"no bytes for {wait_s:g} s")
+                att.failure = (ErrorKind.TIMEOUT, f"no bytes for {wait_s:g} s")
             else:
-                att.failure = ("stream", f"{type(e).__name__}: {e}")
+                att.failure = (ErrorKind.STREAM, f"{type(e).__name__}: {e}")
         att.connection = self._connection
         return att
 

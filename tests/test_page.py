@@ -352,3 +352,30 @@ def test_make_bench_writes_the_page_with_the_texts(tmp_path):
         turns = [t for t in map(json.loads, fp) if t["kind"] == "turn"]
     root = parse(page.read_text(encoding="utf-8"))
     assert len(turns) == 8 and texts_of(root, "answer") == [t["content"] for t in turns]
+
+
+def test_a_failed_make_bench_leaves_no_empty_files_and_says_what_to_do(tmp_path):
+    done = subprocess.run(["make", "-s", "-o", "install", "bench", f"BIN={ROOT}/bin", "BASE_URL=http://127.0.0.1:9/v1",
+                           "MODEL=m", "ROUNDS=1", f"LOGS={tmp_path}", "CHAT_ARGS=--retries 0 -q"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "make bench: the run stopped (see above); no server at the base URL? make server starts" in done.stderr
+    assert "cannot connect to http://127.0.0.1:9/v1" in done.stderr
+    assert [p for p in tmp_path.iterdir() if p.stat().st_size == 0] == []
+    assert not list(tmp_path.glob("*.metrics.jsonl"))
+
+
+def test_make_bench_of_two_models_prints_where_the_comparison_went(tmp_path):
+    from test_replay import start_replay, stop
+    proc, url = start_replay(EXAMPLE, "--speed", "0")
+    try:
+        done = subprocess.run(["make", "-s", "-o", "install", "bench", f"BIN={ROOT}/bin", f"BASE_URL={url}",
+                               "MODELS=smollm2-135m smollm2-135m", "ROUNDS=2", "MAX_TOKENS=96", f"LOGS={tmp_path}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        stop(proc)
+    assert done.returncode == 0, done.stderr
+    [cmp] = tmp_path.glob("lalm_benchmark_compare_*.json")
+    stem = str(cmp)[:-len(".json")]
+    assert f"comparison {stem}.json, plot {stem}.png, page {stem}.html" in done.stderr
+    assert len(list(tmp_path.glob("lalm_benchmark_run_*_1_smollm2-135m.jsonl"))) == 1
