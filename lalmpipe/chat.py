@@ -45,7 +45,8 @@ def new_run(args, model: str, server: Server, base_url: str, memory: dict | None
         settings = msgspec.structs.replace(settings, history=history.source)
     return Run(run_id=uuid.uuid4().hex[:12], started_at=now_iso(),
                tool={"name": "lalmpipe", "version": __version__}, base_url=base_url,
-               model=model, params=request_params(args), settings=settings, server=server)
+               model=model, params=request_params(args), settings=settings, server=server,
+               served_model=model if server.models else None)
 
 
 def load_prompts(args, stdin) -> tuple[list[Prompt], list[dict]]:
@@ -192,10 +193,7 @@ def _run(args, stdin, stdout, stderr) -> int:
         try:
             if done:
                 done.check_same(transport.base_url, args.model, prompts)
-            with interrupts.waiting():
-                model, server = preflight(transport, args.model or (done.run.model if done else None))
-            if model is None:
-                raise InputError(f"the server at {transport.base_url} lists no model: give --model")
+            model, server = served_model(args, done, transport, interrupts, progress)
             run = done.run if done else new_run(args, model, server, transport.base_url, memory, history)
             progress.follow(run, done.turns if done else ())
             warn_if_too_small(progress, prompts, run.server.context_window, run.params.get("max_tokens"))
@@ -207,23 +205,40 @@ def _run(args, stdin, stdout, stderr) -> int:
     return ExitCode.OK
 
 
+def served_model(args, done, transport, interrupts, progress) -> tuple[str, Server]:
+    """The model to ask for, as the server lists it, and what the server said of itself."""
+    asked = args.model or (done.run.model if done else None)
+    with interrupts.waiting():
+        model, server = preflight(transport, asked)
+    if model is None:
+        raise InputError(f"the server at {transport.base_url} lists no model: give --model")
+    if asked is not None and model != asked:
+        progress.say(f"--model {asked!r}: the server lists it as {model!r}")
+    return model, server
+
+
 def _converse(args, chat, prompts, others, done, stdout) -> None:
     from .resume import open_output
 
     first = 1
     with open_output(args.output) as also:
         out = RecordWriter(stdout, also, on_broken=chat.progress.say)
+        waiting = []
         if done:
             # the stream carries the whole run, so a pipeline measures it as the file would
             prompts, first = done.apply(prompts, chat.conversation, chat.progress)
             out.write_text(done.text)
         else:
-            out.write(chat.run)
-            for record in others:
-                out.write(record)
+            # the run record waits for the first answer, whose stream confirms the model served
+            waiting = [chat.run, *others]
         for record in chat.turns(prompts, first):
+            for earlier in waiting:
+                out.write(earlier)
+            waiting = []
             out.write(record)
             chat.interrupts.check()
+        for earlier in waiting:
+            out.write(earlier)
 
 
 def memory_of(args) -> dict | None:

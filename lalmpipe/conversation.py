@@ -3,6 +3,7 @@ outcome, retries, the stop policy, the forked recall probes and interruptions.""
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from datetime import datetime, timezone
 from typing import Iterable, Iterator
@@ -39,6 +40,20 @@ def cold_way(software: str | None) -> str:
 def cold_marker(run_id: str, turn: int) -> str:
     """A line unique to one request of one run."""
     return f"[{run_id}/{turn}]\n"
+
+
+def streamed_model(chunks: list) -> str | None:
+    """The model the first chunk that names one says answered."""
+    for chunk in chunks:
+        if '"model"' not in chunk[1]:
+            continue
+        try:
+            named = json.loads(chunk[1]).get("model")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(named, str) and named:
+            return named
+    return None
 
 
 class Conversation:
@@ -137,6 +152,7 @@ class Chat:
         self.params = {**run.params, "stream": True}
         self.history = history      # lalmpipe.history.History: the answers the history gets
         self.plan = plan            # lalmpipe.history.Plan: the prompts sent
+        self._model_warned = False
 
     def turns(self, prompts: Iterable[Prompt], first_turn: int = 1) -> Iterator[Turn | Probe]:
         n, every, skipped = first_turn, self.settings.probe_every, []
@@ -179,6 +195,7 @@ class Chat:
             body["cache_prompt"] = False
         sent_at = now_iso()
         att, attempts = self._send(n, prompt, body)
+        self._confirm_model(n, att.chunks)
         view = read_stream(att.chunks)
         status, error = outcome.classify(att.http_status, att.body, att.failure, view,
                                          self.run.server.context_window)
@@ -189,6 +206,21 @@ class Chat:
                       cold=cold, marker=marker, history=recorded, skipped=list(skipped))
         self.progress.end_turn(record)
         return record
+
+    def _confirm_model(self, n: int, chunks: list) -> None:
+        """Take the model a stream names as the one served, and warn once when it
+        is not the one asked for (llama-server answers with its own whatever the
+        request names); the run record, written after the first answer, keeps it."""
+        named = None if self._model_warned else streamed_model(chunks)
+        if named is None:
+            return
+        if named != self.run.model:
+            self._model_warned = True
+            self.progress.say(f"turn {n}: the server answered as model {named!r}, "
+                              f"not {self.run.model!r} as asked")
+            self.run.served_model = named
+        elif self.run.served_model is None:
+            self.run.served_model = named
 
     def _enter(self, prompt: Prompt, status: str, view) -> str | None:
         """Put a turn's exchange into the history; return the recorded answer

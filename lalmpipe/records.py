@@ -190,6 +190,9 @@ class Run(Record):
     params: dict = {}           # what each request carried besides model, messages and stream
     settings: Settings = msgspec.field(default_factory=Settings)
     server: Server = msgspec.field(default_factory=Server)
+    # the model the server serves under `model`: as it lists it, or as the first
+    # answer's stream names it where that differs or the server lists none
+    served_model: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "Run":

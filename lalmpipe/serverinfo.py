@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from .errors import UsageError
 from .records import Server
 from .transport import connect_reason
 
@@ -16,17 +17,44 @@ class Unreachable(Exception):
     """The server could not be reached at all."""
 
 
-def preflight(transport, model: str | None) -> tuple[str | None, Server]:
-    """Return the model to use and what the server said about itself."""
+def preflight(transport, model: str | None, asked_by: str = "--model") -> tuple[str | None, Server]:
+    """Return the model to ask for and what the server said about itself.
+
+    Where the server lists its models, the model is one of them: the first
+    when none is given, else the one listed under the name given (see
+    `served_name`); a model it does not list is a usage error naming both,
+    `asked_by` saying where the name came from.
+    """
     listing = _models(transport)
     models = None if listing is None else [m.get("id") for m in listing if isinstance(m, dict)]
-    if model is None and models:
-        model = models[0]
+    if models:
+        listed = served_name(model, models) if model is not None else models[0]
+        if listed is None:
+            raise UsageError(f"{asked_by} {model!r}: the server at {transport.base_url} serves "
+                             f"{_names(models)}, not {model!r}")
+        model = listed
     for probe in (_llama_cpp, _vllm, _lm_studio, _ollama):
         found = probe(transport, listing or [], model)
         if found:
             return model, Server(models=models, **found)
     return model, Server(models=models)
+
+
+def served_name(model: str, listed: list) -> str | None:
+    """The name a server lists `model` under: that name; else the one listed
+    entry it ends (transformers serve lists its model's folder, LM Studio
+    publisher/model) or that is its `:latest` tag (Ollama); else None."""
+    if model in listed:
+        return model
+    def last(name) -> str:
+        return str(name).rstrip("/").rsplit("/", 1)[-1]
+    same = [m for m in listed if last(m) == last(model) or m == f"{model}:latest"]
+    return same[0] if len(same) == 1 else None
+
+
+def _names(models: list, most: int = 5) -> str:
+    names = ", ".join(repr(m) for m in models[:most])
+    return names + (f" and {len(models) - most} more" if len(models) > most else "")
 
 
 def _models(transport) -> list | None:

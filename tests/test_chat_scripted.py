@@ -201,7 +201,7 @@ def test_a_server_without_usage_gets_a_whole_report_on_the_clients_counts(api_ke
     scripts = [llama_cpp_python(n_content=10 + 5 * i, ttft_s=0.05 * (i + 1), rate_tps=r)
                for i, r in enumerate(rates)] + [Script(events=[])]
     with ScriptedServer(lambda i, body: scripts[i]) as server:
-        ran = run_main(chat.main, ["--base-url", server.base_url, "--model", "m", "-q"],
+        ran = run_main(chat.main, ["--base-url", server.base_url, "--model", "scripted", "-q"],
                        prompts_jsonl([f"question number {i}" for i in range(1, 6)]))
     measured = run_main(metrics.main, [], ran.out)
     rows = [r for r in measured.records if r["kind"] == "metrics"]

@@ -28,7 +28,7 @@ def error_body(status, body, **headers):
 
 def converse(scripts, n, *args, **server_kw):
     with ForkedServer(lambda i, body: scripts[i] if i < len(scripts) else ok(), **server_kw) as srv:
-        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", *args],
+        ran = run_main(chat.main, ["--base-url", srv.base_url, *args],     # the model the server lists
                        prompts_jsonl([f"question {i}" for i in range(1, n + 1)]))
         requests = srv.requests
     return ran, ran.records[1:], requests
@@ -126,7 +126,7 @@ def test_server_gone_mid_run_is_a_connection_error(api_key):
             os._exit(0)   # the server dies as turn 2 arrives: later connections are refused
         return ok()
     with ForkedServer(answer) as srv:
-        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "--retries", "1"],
+        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "scripted", "--retries", "1"],
                        prompts_jsonl(["a", "b", "c"]))
     turns = ran.records[1:]
     assert [t["status"] for t in turns] == ["ok", "error"]
@@ -153,7 +153,7 @@ def test_silent_truncation_is_flagged_and_is_the_ceiling(api_key):
     long = " ".join(["word"] * 80)
     scripts = [ok(long, 100, 80), ok(long, 280, 80), ok(long, 300, 80), ok(long, 300, 80)]
     with ForkedServer(lambda i, body: scripts[i]) as srv:
-        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q"],
+        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "scripted", "-q"],
                        prompts_jsonl(["a question", "b question", "c question", "d question"]))
     rows, out = measured(ran)
     assert [r["truncated"] for r in rows] == [False, False, True, True]
@@ -170,7 +170,7 @@ def test_ollamas_cached_prompt_counts_are_not_truncation(api_key):
     long = " ".join(["word"] * 80)
     scripts = [ok(long, 100, 80), ok(long, 0, 80), ok(long, 95, 80), ok(long, 90, 80)]
     with ForkedServer(lambda i, body: scripts[i]) as srv:
-        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q"],
+        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "scripted", "-q"],
                        prompts_jsonl(["a question", "b question", "c question", "d question"]))
     rows, out = measured(ran)
     assert [r["truncated"] for r in rows] == [False, False, False, False]
@@ -203,7 +203,7 @@ def test_length_stop_with_the_window_full_is_an_overflow(api_key):
 def test_preflight_reads_each_servers_window(api_key):
     cases = [
         ({"/props": {"default_generation_settings": {"n_ctx": 2048}}}, 2048, "llama.cpp"),
-        ({"/api/v0/models": {"data": [{"id": "m", "loaded_context_length": 8192,
+        ({"/api/v0/models": {"data": [{"id": "scripted", "loaded_context_length": 8192,
                                        "max_context_length": 32768}]}}, 8192, "lm-studio"),
         ({"/api/show": {"model_info": {"llama.context_length": 131072},
                         "parameters": "num_ctx 4096\nstop x"}}, 4096, "ollama"),
@@ -241,7 +241,7 @@ def test_odd_chunks_are_data_not_a_crash(api_key):
 def test_lalm_chat_passes_other_records_through(api_key):
     note = json.dumps({"kind": "note", "text": "from a user's script"})
     with ForkedServer(lambda i, b: ok()) as srv:
-        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q"],
+        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "scripted", "-q"],
                        note + "\n" + prompts_jsonl(["a"]))
     assert [r["kind"] for r in ran.records] == ["run", "note", "turn"]
 

@@ -28,7 +28,7 @@ def start_chat(url, output, *args):
     prompts = output.parent / "prompts.jsonl"
     prompts.write_text(prompts_jsonl(PROMPTS))
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "bin", "lalm-chat"), "--base-url", url,
-                             "--model", "m", "--output", str(output), *args, str(prompts)],
+                             "--model", "scripted", "--output", str(output), *args, str(prompts)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, text=True)
 
@@ -115,15 +115,15 @@ def test_sigterm_writes_the_turn_in_flight_then_resume_redoes_it(tmp_path):
 def test_resume_drops_a_half_written_line_and_refuses_to_overwrite(tmp_path, api_key):
     out = tmp_path / "run.jsonl"
     with ForkedServer(lambda i, b: stream("plain", n_content=3, ttft_s=0.01)[0]) as srv:
-        first = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q",
+        first = run_main(chat.main, ["--base-url", srv.base_url, "--model", "scripted", "-q",
                                      "--output", str(out), "--num-rounds", "2"], prompts_jsonl(PROMPTS))
         assert first.code == 0
-        again = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "--output", str(out)],
+        again = run_main(chat.main, ["--base-url", srv.base_url, "--model", "scripted", "--output", str(out)],
                          prompts_jsonl(PROMPTS))
         assert again.code == 1 and "already holds a run; use --resume" in again.err
         with open(out, "a") as fp:
             fp.write('{"kind":"turn","v":1,"run_id":')          # a kill in the middle of a write
-        resumed = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "--output", str(out),
+        resumed = run_main(chat.main, ["--base-url", srv.base_url, "--model", "scripted", "--output", str(out),
                                        "--resume"], prompts_jsonl(PROMPTS))
         requests = srv.requests
     assert resumed.code == 0, resumed.err
@@ -136,7 +136,7 @@ def test_output_keeps_every_turn_when_stdout_closes(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(prompts_jsonl(PROMPTS))
     with ForkedServer(lambda i, b: stream("plain", n_content=400, ttft_s=0.01, rate_tps=20000)[0]) as srv:
-        p = subprocess.run(f"{sys.executable} {ROOT}/bin/lalm-chat --base-url {srv.base_url} --model m "
+        p = subprocess.run(f"{sys.executable} {ROOT}/bin/lalm-chat --base-url {srv.base_url} --model scripted "
                            f"--output {out} {prompts} | head -c 100", shell=True, capture_output=True,
                            text=True, timeout=60)
     assert p.returncode == 0
@@ -148,7 +148,7 @@ def test_output_keeps_every_turn_when_stdout_closes(tmp_path):
 def test_resume_keeps_a_whole_last_line_and_never_touches_a_file_it_cannot_read(tmp_path, api_key):
     out = tmp_path / "run.jsonl"
     with ForkedServer(lambda i, b: stream("plain", n_content=3, ttft_s=0.01)[0]) as srv:
-        args = ["--base-url", srv.base_url, "--model", "m", "-q", "--output", str(out)]
+        args = ["--base-url", srv.base_url, "--model", "scripted", "-q", "--output", str(out)]
         assert run_main(chat.main, args + ["--num-rounds", "2"], prompts_jsonl(PROMPTS)).code == 0
         out.write_bytes(out.read_bytes().rstrip(b"\n"))      # the last turn lost only its newline
         resumed = run_main(chat.main, args + ["--resume"], prompts_jsonl(PROMPTS))
@@ -167,7 +167,7 @@ def test_resume_keeps_a_whole_last_line_and_never_touches_a_file_it_cannot_read(
 def test_resume_sends_what_the_run_recorded_not_todays_flags(tmp_path, api_key):
     out = tmp_path / "run.jsonl"
     with ForkedServer(lambda i, b: stream("plain", n_content=3, ttft_s=0.01)[0]) as srv:
-        first = ["--base-url", srv.base_url, "--model", "m", "-q", "--output", str(out)]
+        first = ["--base-url", srv.base_url, "--model", "scripted", "-q", "--output", str(out)]
         run_main(chat.main, first + ["--num-rounds", "2", "--system", "Answer in French.",
                                      "--temperature", "0", "--extra-body", '{"top_k": 5}'],
                  prompts_jsonl(PROMPTS))
@@ -185,7 +185,7 @@ def test_resume_in_a_pipeline_gives_the_metrics_of_the_file(tmp_path, api_key):
     out = tmp_path / "run.jsonl"
     answers = [stream("plain", n_content=5 + i, ttft_s=0.01, prompt_tokens=40 * (i + 1))[0] for i in range(6)]
     with ForkedServer(lambda i, b: answers[i]) as srv:
-        args = ["--base-url", srv.base_url, "--model", "m", "-q", "--output", str(out)]
+        args = ["--base-url", srv.base_url, "--model", "scripted", "-q", "--output", str(out)]
         first = run_main(chat.main, args + ["--num-rounds", "2"], prompts_jsonl(PROMPTS))
         piped = run_main(chat.main, args + ["--resume"], prompts_jsonl(PROMPTS))
     assert first.code == 0 and piped.code == 0, piped.err
@@ -197,14 +197,14 @@ def test_resume_in_a_pipeline_gives_the_metrics_of_the_file(tmp_path, api_key):
 
 
 @pytest.mark.parametrize("change, message", [
-    (["--model", "other"], "--resume: the run was with model 'm', not 'other'"),
+    (["--model", "other"], "--resume: the run was with model 'scripted', not 'other'"),
     (["--base-url", "http://127.0.0.1:9/v1"], "--resume: the run was against http://127.0.0.1:"),
     (["--prompt-text"], "--resume: prompt 2 differs from the one turn 2 answered"),
 ])
 def test_resume_refuses_another_server_model_or_prompts(tmp_path, api_key, change, message):
     out = tmp_path / "run.jsonl"
     with ForkedServer(lambda i, b: stream("plain", n_content=3, ttft_s=0.01)[0]) as srv:
-        args = ["--base-url", srv.base_url, "--model", "m", "-q", "--output", str(out)]
+        args = ["--base-url", srv.base_url, "--model", "scripted", "-q", "--output", str(out)]
         assert run_main(chat.main, args + ["--num-rounds", "2"], prompts_jsonl(PROMPTS)).code == 0
         before = out.read_text()
         texts = PROMPTS[:1] + ["another question"] + PROMPTS[2:] if change == ["--prompt-text"] else PROMPTS
@@ -290,7 +290,7 @@ def test_a_signal_between_the_file_and_stdout_loses_nothing(tmp_path, api_key):
     out = tmp_path / "run.jsonl"
     with ForkedServer(lambda i, b: stream("plain", n_content=3, ttft_s=0.01)[0]) as srv:
         stdout = SignalOnWrite()
-        code = chat.main(["--base-url", srv.base_url, "--model", "m", "-q", "--output", str(out)],
+        code = chat.main(["--base-url", srv.base_url, "--model", "scripted", "-q", "--output", str(out)],
                          io.BytesIO(prompts_jsonl(PROMPTS).encode()), stdout, io.StringIO())
     assert code == 130 and stdout.sent
     recs = lines(out)
@@ -315,7 +315,7 @@ def spaced_answer(dialect, slow_request=None):
 @pytest.mark.parametrize("dialect, flags", [("inline", []), ("reasoning_content", ["--keep-reasoning"])])
 def test_a_resumed_run_sends_the_history_an_uninterrupted_one_sends(tmp_path, api_key, dialect, flags):
     with ForkedServer(spaced_answer(dialect)) as srv:
-        whole = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q", *flags],
+        whole = run_main(chat.main, ["--base-url", srv.base_url, "--model", "scripted", "-q", *flags],
                          prompts_jsonl(PROMPTS))
         assert whole.code == 0, whole.err
         expected = [r["body"]["messages"] for r in srv.requests]
@@ -341,7 +341,7 @@ def test_a_resumed_run_sends_the_history_an_uninterrupted_one_sends(tmp_path, ap
 def test_a_facts_flag_without_probes_leaves_the_run_record_readable(tmp_path, api_key):
     out = tmp_path / "run.jsonl"
     with ForkedServer(lambda i, b: stream("plain", n_content=3, ttft_s=0.01)[0]) as srv:
-        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q", "--output", str(out),
+        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "scripted", "-q", "--output", str(out),
                                    "--num-rounds", "1", "--facts", str(tmp_path / "unused.json")],
                        prompts_jsonl(PROMPTS))
     assert ran.code == 0, ran.err
