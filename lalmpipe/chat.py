@@ -177,7 +177,7 @@ def _run(args, stdin, stdout, stderr) -> int:
         check_output(args.output, args.resume)
     prompts, others = load_prompts(args, stdin)
     progress = Progress(stderr, args.quiet)
-    done = previous_run(args.output, progress.say) if args.resume else None
+    done, mend = previous_run(args.output) if args.resume else (None, None)
     settings = done.run.settings if done else Settings.from_args(args)
     history = open_history(args.history_file, settings.history if done else None, bool(done))
     plan = Plan(prompts, settings.at, settings.every)
@@ -195,6 +195,8 @@ def _run(args, stdin, stdout, stderr) -> int:
                 done.check_same(transport.base_url, args.model, prompts)
             model, server = served_model(args, done, transport, interrupts, progress)
             run = done.run if done else new_run(args, model, server, transport.base_url, memory, history)
+            if mend:        # the run goes on: only now may its file change
+                mend.apply(progress.say)
             progress.follow(run, done.turns if done else ())
             warn_if_too_small(progress, prompts, run.server.context_window, run.params.get("max_tokens"))
             chat = Chat(transport, run, Conversation.of(run), progress, interrupts, run.settings.facts or (),

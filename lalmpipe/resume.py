@@ -71,8 +71,32 @@ class PreviousRun:
         return todo, first
 
 
-def previous_run(path: str, say) -> PreviousRun | None:
-    """Read a partial run, check all of it, and only then mend its end.
+class Mend:
+    """What a write cut short left at the end of an --output file, and how to put
+    it right; done only once the resume is accepted, so that a refused one leaves
+    the file as it was."""
+
+    def __init__(self, path: str, cut: int | None = None, newline: bool = False, note: str | None = None):
+        self.path = path
+        self.cut = cut              # truncate here: a half-written last line
+        self.newline = newline      # a whole last record lacking only its newline
+        self.note = note
+
+    def apply(self, say) -> None:
+        if self.cut is not None:
+            with open(self.path, "rb+") as fp:
+                fp.truncate(self.cut)
+        elif self.newline:
+            with open(self.path, "ab") as fp:
+                fp.write(b"\n")
+        if self.note:
+            say(self.note)
+
+
+def previous_run(path: str) -> tuple[PreviousRun | None, Mend | None]:
+    """Read a partial run and check all of it; return it with the mending its
+    end needs (None: the file is whole), for the caller to apply once the run
+    is to go on.
 
     A kill in the middle of a write leaves a last line without its newline:
     it is dropped if it is not a whole record, and completed if it is.
@@ -81,24 +105,22 @@ def previous_run(path: str, say) -> PreviousRun | None:
         with open(path, "rb") as fp:
             data = fp.read()
     except FileNotFoundError:
-        return None
+        return None, None
     except OSError as e:
         raise InputError(f"{path}: {e.strerror}") from None
     if not data:
-        return None
+        return None, None
     cut = data.rfind(b"\n") + 1
     tail = data[cut:]
     whole_tail = bool(tail.strip()) and _is_record(tail)
     keep = data if whole_tail else data[:cut]
     run, turns = _read(path, keep)
+    mend = None
     if tail and not whole_tail:
-        with open(path, "rb+") as fp:
-            fp.truncate(cut)
-        say(f"{path}: dropped a half-written last line ({len(tail)} bytes)")
+        mend = Mend(path, cut=cut, note=f"{path}: dropped a half-written last line ({len(tail)} bytes)")
     elif whole_tail:
-        with open(path, "ab") as fp:
-            fp.write(b"\n")
-    return PreviousRun(run, turns, keep.decode("utf-8") + ("\n" if whole_tail else ""))
+        mend = Mend(path, newline=True)
+    return PreviousRun(run, turns, keep.decode("utf-8") + ("\n" if whole_tail else "")), mend
 
 
 def _is_record(line: bytes) -> bool:

@@ -216,6 +216,25 @@ def test_resume_refuses_another_server_model_or_prompts(tmp_path, api_key, chang
     assert out.read_text() == before
 
 
+@pytest.mark.parametrize("change, code", [(["--model", "other"], 2), (["--prompt-text"], 2), (["--server-gone"], 1)])
+def test_a_refused_resume_leaves_every_byte_of_the_file_as_it_was(tmp_path, api_key, change, code):
+    out = tmp_path / "run.jsonl"
+    texts = PROMPTS[:1] + ["another question"] + PROMPTS[2:] if change == ["--prompt-text"] else PROMPTS
+    flags = ["--resume"] + (change if change[0] == "--model" else [])
+    with ForkedServer(lambda i, b: stream("plain", n_content=3, ttft_s=0.01)[0]) as srv:
+        args = ["--base-url", srv.base_url, "--model", "scripted", "-q", "--output", str(out)]
+        assert run_main(chat.main, args + ["--num-rounds", "2"], prompts_jsonl(PROMPTS)).code == 0
+        with open(out, "a") as fp:
+            fp.write('{"kind":"turn","v":2,"run_id":')          # a kill in the middle of a write
+        before = out.read_bytes()
+        if change != ["--server-gone"]:
+            ran = run_main(chat.main, args + flags, prompts_jsonl(texts))
+    if change == ["--server-gone"]:
+        ran = run_main(chat.main, args + flags, prompts_jsonl(texts))
+    assert (ran.code, ran.out) == (code, "") and ran.err.count("\n") == 1, ran.err
+    assert out.read_bytes() == before
+
+
 # ---- signals at any moment: every record whole, in the file and on stdout alike ----
 
 def read_until(stream, text, timeout=20):
