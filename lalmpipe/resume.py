@@ -114,6 +114,10 @@ def previous_run(path: str) -> tuple[PreviousRun | None, Mend | None]:
     tail = data[cut:]
     whole_tail = bool(tail.strip()) and _is_record(tail)
     keep = data if whole_tail else data[:cut]
+    if not keep.strip():
+        # killed while the run record itself was written: nothing was done yet
+        return None, Mend(path, cut=0, note=f"{path}: only a half-written first line ({len(tail)} bytes), "
+                                            "no run record: the run starts afresh")
     run, turns = _read(path, keep)
     mend = None
     if tail and not whole_tail:

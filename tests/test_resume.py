@@ -131,6 +131,23 @@ def test_resume_drops_a_half_written_line_and_refuses_to_overwrite(tmp_path, api
     check_complete(out, requests)
 
 
+def test_a_file_whose_first_line_was_cut_short_is_resumed_as_an_empty_run(tmp_path, api_key):
+    out = tmp_path / "run.jsonl"
+    out.write_text('{"kind":"run","v":2,"run_id":"5e')        # killed while writing the run record
+    with ForkedServer(lambda i, b: stream("plain", n_content=3, ttft_s=0.01)[0]) as srv:
+        args = ["--base-url", srv.base_url, "--model", "scripted", "--output", str(out)]
+        again = run_main(chat.main, args, prompts_jsonl(PROMPTS))
+        assert again.code == 1 and "already holds a run; use --resume" in again.err
+        assert out.read_text() == '{"kind":"run","v":2,"run_id":"5e'
+        resumed = run_main(chat.main, args + ["--resume"], prompts_jsonl(PROMPTS))
+        requests = srv.requests
+    assert resumed.code == 0, resumed.err
+    assert resumed.err.splitlines()[0] == (f"lalm-chat: {out}: only a half-written first line (32 bytes), "
+                                           "no run record: the run starts afresh")
+    check_complete(out, requests)
+    assert resumed.out == out.read_text()
+
+
 def test_output_keeps_every_turn_when_stdout_closes(tmp_path):
     out = tmp_path / "run.jsonl"
     prompts = tmp_path / "prompts.jsonl"
