@@ -184,6 +184,8 @@ def _run(args, stdin, stdout, stderr) -> int:
     prompts = plan.used(prompts)
     if history:
         history.check(prompts)
+    if done:
+        done.check_same(args.model, prompts)
     # chosen turns cost what their depth costs: no estimate of the time left
     progress.total = None if plan.selective else len(prompts)
     memory = None if done else memory_of(args)
@@ -191,8 +193,6 @@ def _run(args, stdin, stdout, stderr) -> int:
     with interrupts.installed():
         transport = Transport(base_url, os.environ.get(API_KEY_VAR), settings.stall_timeout)
         try:
-            if done:
-                done.check_same(transport.base_url, args.model, prompts)
             model, server = served_model(args, done, transport, interrupts, progress)
             run = done.run if done else new_run(args, model, server, transport.base_url, memory, history)
             if mend:        # the run goes on: only now may its file change
@@ -208,14 +208,17 @@ def _run(args, stdin, stdout, stderr) -> int:
 
 
 def served_model(args, done, transport, interrupts, progress) -> tuple[str, Server]:
-    """The model to ask for, as the server lists it, and what the server said of itself."""
+    """The model to ask for, as the server lists it, and what the server said of
+    itself; a resumed run's server must serve the run's model."""
     asked = args.model or (done.run.model if done else None)
     with interrupts.waiting():
-        model, server = preflight(transport, asked)
+        model, server = preflight(transport, asked, "--model" if args.model else "--resume: the run's model")
     if model is None:
         raise InputError(f"the server at {transport.base_url} lists no model: give --model")
     if asked is not None and model != asked:
         progress.say(f"--model {asked!r}: the server lists it as {model!r}")
+    if done:
+        done.check_server(transport.base_url, server, progress.say)
     return model, server
 
 

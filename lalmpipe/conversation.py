@@ -203,7 +203,8 @@ class Chat:
         record = Turn(run_id=self.run.run_id, turn=n, prompt=prompt.ref(), sent_at=sent_at,
                       status=status, http_status=att.http_status, error=error, attempts=attempts,
                       connection=att.connection, chunks=att.chunks, content=view.content, reasoning=view.reasoning,
-                      cold=cold, marker=marker, history=recorded, skipped=list(skipped))
+                      cold=cold, marker=marker, history=recorded, skipped=list(skipped),
+                      base_url=None if self.transport.base_url == self.run.base_url else self.transport.base_url)
         self.progress.end_turn(record)
         return record
 

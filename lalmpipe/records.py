@@ -227,6 +227,9 @@ class Turn(Record):
     marker: str | None = None         # the text put at the start of its first message (cold: marker)
     history: str | None = None        # the answer that entered the history in place of its own (--history)
     skipped: list[Exchange] = []      # the prompts that entered the history unsent just before it
+    # where it was sent when not to the run record's base_url: a resumed run gone on
+    # against the same model at a new URL (a restarted server on another port)
+    base_url: str | None = None
 
     def __post_init__(self):
         _check_chunks(self.chunks)

@@ -44,11 +44,11 @@ class PreviousRun:
         self.run = run
         self.turns = turns
         self.text = text            # the file's records, to send down the pipeline again
+        # where the run went last: a turn says so when it went elsewhere than the run record says
+        self.base_url = next((t.base_url for t in reversed(turns) if t.base_url), run.base_url)
 
-    def check_same(self, base_url: str, model: str | None, prompts: list[Prompt]) -> None:
-        """Refuse to go on against another server, model or prompt text: exit 2, naming it."""
-        if base_url != self.run.base_url:
-            raise UsageError(f"--resume: the run was against {self.run.base_url}, not {base_url}")
+    def check_same(self, model: str | None, prompts: list[Prompt]) -> None:
+        """Refuse to go on with another model or prompt text: exit 2, naming it."""
         if model is not None and model != self.run.model:
             raise UsageError(f"--resume: the run was with model {self.run.model!r}, not {model!r}")
         texts = {p.id: p.text for p in prompts}
@@ -56,6 +56,18 @@ class PreviousRun:
             if t.prompt.id in texts and texts[t.prompt.id] != t.prompt.text:
                 raise UsageError(f"--resume: prompt {t.prompt.id} differs from the one turn {t.turn} "
                                  "answered; resume with the same prompts")
+
+    def check_server(self, base_url: str, server, say) -> None:
+        """Go on against a new URL (make server listens on a new port each time)
+        only where the server there lists the run's model (the preflight has
+        refused one that does not list it), and say so."""
+        if base_url == self.base_url:
+            return
+        if not server.models:
+            raise UsageError(f"--resume: the run was against {self.base_url}, not {base_url}, and the "
+                             f"server there lists no model to show that it serves {self.run.model!r}")
+        say(f"--resume: the run was against {self.base_url}; it goes on against {base_url}, "
+            f"which serves the same model {self.run.model!r}")
 
     def apply(self, prompts: list[Prompt], conversation, progress) -> tuple[list[Prompt], int]:
         """Rebuild the history; return the prompts still to do and the next turn number."""
