@@ -28,6 +28,7 @@ from .errors import InputError, UsageError
 from .jsonl import RecordWriter, read_records
 from .conversation import Chat, Conversation, Interrupts, now_iso, request_params
 from .progress import Progress
+from .render.columns import plural
 from .records import DEFAULT_SETTINGS, Prompt, Run, Server, Settings
 from .redact import API_KEY_VAR
 from .serverinfo import preflight
@@ -260,6 +261,7 @@ def warn_if_too_small(progress, prompts, window, max_tokens) -> None:
     from . import tokens
     need = sum(tokens.count(p.text) or 0 for p in prompts)
     if need + max_tokens > window:
-        progress.say(f"the context window is {window} tokens; the {len(prompts)} prompts alone "
-                     f"take about {need} and each answer may add up to {max_tokens}: "
+        take = "takes" if len(prompts) == 1 else "take"
+        progress.say(f"the context window is {window} tokens; the {plural(len(prompts), 'prompt')} alone "
+                     f"{take} about {need} and each answer may add up to {max_tokens}: "
                      "expect the context to overflow")

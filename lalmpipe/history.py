@@ -17,6 +17,7 @@ import json
 from .errors import InputError, UsageError
 from .jsonl import recording
 from .reasoning import read_stream
+from .render.columns import plural
 from .records import STATUS_OK, Exchange, HistorySource, Prompt, Turn
 
 
@@ -60,7 +61,7 @@ class History:
         for p in prompts:
             if p.id not in self.answers:
                 raise UsageError(f"--history {self.source.path}: no answer to prompt {p.id} "
-                                 f"(the recording answered {self.source.answers} prompts)")
+                                 f"(the recording answered {plural(self.source.answers, 'prompt')})")
             if self.answers[p.id][0] != p.text:
                 raise UsageError(f"--history {self.source.path}: prompt {p.id} differs from the "
                                  "one the recording answered")
@@ -114,7 +115,7 @@ class Plan:
         sent = [pid for i, pid in enumerate(ids, 1)
                 if not self.selective or pid in (at or ()) or (every and i % every == 0)]
         if self.selective and not sent:
-            raise UsageError(f"--every {every}: fewer than {every} prompts read, none would be sent")
+            raise UsageError(f"--every {every}: fewer than {plural(every, 'prompt')} read, none would be sent")
         self.rank = {pid: k for k, pid in enumerate(sent, 1)}    # the k-th prompt sent
         self.last = sent[-1] if sent else None
 

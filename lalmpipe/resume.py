@@ -10,6 +10,7 @@ from .errors import InputError, UsageError
 from .jsonl import recording, unwritable
 from .history import exchanges
 from .records import Prompt, Run, Turn
+from .render.columns import plural
 
 
 def check_output(path: str, resume: bool) -> None:
@@ -78,7 +79,7 @@ class PreviousRun:
         # every turn keeps its number, an interrupted one too: numbers stay unique
         first = max((t.turn for t in self.turns), default=0) + 1
         todo = [p for p in prompts if p.id not in conversation.answered]
-        progress.say(f"resuming run {self.run.run_id}: {len(conversation.answered)} prompts answered, "
+        progress.say(f"resuming run {self.run.run_id}: {plural(len(conversation.answered), 'prompt')} answered, "
                      f"{len(todo)} to go, from turn {first}")
         return todo, first
 

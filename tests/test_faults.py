@@ -7,7 +7,7 @@ import time
 import pytest
 
 from conftest import prompts_jsonl, run_main
-from lalmpipe import chat, metrics, report
+from lalmpipe import chat, metrics, report, tokens
 from lalmpipe.replay import Script
 from scripted import ForkedServer, sse, stream
 
@@ -217,7 +217,11 @@ def test_preflight_reads_each_servers_window(api_key):
 def test_warns_when_the_conversation_will_not_fit(api_key):
     props = {"/props": {"default_generation_settings": {"n_ctx": 300}}}
     ran, _, _ = converse([ok()], 1, "--max-tokens", "512", routes=props)
-    assert "the context window is 300 tokens" in ran.err and "expect the context to overflow" in ran.err
+    need = tokens.count("question 1")
+    assert (f"lalm-chat: the context window is 300 tokens; the 1 prompt alone takes about {need} "
+            "and each answer may add up to 512: expect the context to overflow\n") in ran.err
+    ran, _, _ = converse([ok(), ok()], 2, "--max-tokens", "512", routes=props)
+    assert f"the 2 prompts alone take about {2 * need} and each" in ran.err
 
 
 def test_timeout_bounds_the_wait_for_a_first_token(api_key):

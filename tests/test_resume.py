@@ -162,6 +162,18 @@ def test_output_keeps_every_turn_when_stdout_closes(tmp_path):
     assert len(ok) == len(PROMPTS)
 
 
+def test_resume_says_how_far_the_run_went(tmp_path, api_key):
+    out = tmp_path / "run.jsonl"
+    with ForkedServer(lambda i, b: stream("plain", n_content=3, ttft_s=0.01)[0]) as srv:
+        args = ["--base-url", srv.base_url, "--output", str(out)]
+        assert run_main(chat.main, args + ["-q", "--num-rounds", "1"], prompts_jsonl(PROMPTS)).code == 0
+        one = run_main(chat.main, args + ["--resume", "--num-rounds", "2"], prompts_jsonl(PROMPTS))
+        more = run_main(chat.main, args + ["--resume"], prompts_jsonl(PROMPTS))
+    run_id = one.records[0]["run_id"]
+    assert f"lalm-chat: resuming run {run_id}: 1 prompt answered, 1 to go, from turn 2\n" in one.err
+    assert f"lalm-chat: resuming run {run_id}: 2 prompts answered, 4 to go, from turn 3\n" in more.err
+
+
 def test_resume_keeps_a_whole_last_line_and_never_touches_a_file_it_cannot_read(tmp_path, api_key):
     out = tmp_path / "run.jsonl"
     with ForkedServer(lambda i, b: stream("plain", n_content=3, ttft_s=0.01)[0]) as srv:
