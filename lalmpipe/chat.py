@@ -87,9 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_input_args(p)
     # the environment's value is not shown: it may hold a key
     p.add_argument("--base-url", help=f"server URL (default: ${BASE_URL_VAR}, else {DEFAULT_BASE_URL})")
-    p.add_argument("--model", help="model name (default: the first the server lists)")
-    p.add_argument("--temperature", type=float, default=0.7, help="default: %(default)s")
-    p.add_argument("--max-tokens", type=positive_int, default=32768, help="default: %(default)s")
+    p.add_argument("--model", help="the model, one the server lists (default: the first it lists)")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default: %(default)s)")
+    p.add_argument("--max-tokens", type=positive_int, default=32768,
+                   help="the longest answer, sent as max_tokens (default: %(default)s)")
     p.add_argument("--reasoning-effort", default="low",
                    help="sent as reasoning_effort (default: low; '' sends none)")
     p.add_argument("--system", help="a system message at the start of the conversation")
@@ -99,14 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="append reasoning sent apart from the answer to the history too (default: "
                         "the answer only, exactly as streamed: an inline <think> block is part of it)")
     p.add_argument("--num-rounds", type=positive_int, metavar="N", help="only the first N prompts")
-    p.add_argument("--timeout", type=positive_seconds, default=None, metavar="S", help="bound on a whole turn")
+    p.add_argument("--timeout", type=positive_seconds, default=None, metavar="S",
+                   help="bound on a whole turn (default: none)")
     p.add_argument("--stall-timeout", type=positive_seconds, default=DEFAULT_SETTINGS.stall_timeout, metavar="S",
                    help="end a turn after S seconds without a data event; keep-alive comments do not "
                         "count (default: %(default)s)")
     p.add_argument("--retries", type=non_negative_int, default=DEFAULT_SETTINGS.retries, metavar="N",
                    help="retries of refused connections, HTTP 429 and 5xx (default: %(default)s)")
     p.add_argument("--on-error", choices=("stop", "continue"), default=DEFAULT_SETTINGS.on_error,
-                   help="after a failed turn: stop (the ceiling is found) or go on")
+                   help="after a failed turn: stop (the ceiling is found) or go on (default: %(default)s)")
     p.add_argument("--probe-every", type=positive_int, metavar="K",
                    help="every K turns ask each planted fact stated so far, in forked requests "
                         "kept out of the conversation, and give a standing rule in turn 1")

@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -44,6 +45,22 @@ def test_every_command_has_help_with_an_example(name):
     ran = run_main(COMMANDS[name].main, ["--help"])
     assert ran.code == 0
     assert "example" in ran.out and "|" in ran.out
+
+
+@pytest.mark.parametrize("name", ["lalm-chat", "lalm-prompts"])
+def test_every_option_says_what_it_does_and_a_set_default_shows(name):
+    parser = COMMANDS[name].build_parser()
+    for action in parser._actions:
+        if not action.option_strings or action.nargs == 0:
+            continue
+        words = re.sub(r"\(?default:.*", "", action.help or "", flags=re.S).strip()
+        assert words, f"{action.option_strings[0]} does not say what it does"
+        if action.default is not None:
+            assert "default" in action.help, f"{action.option_strings[0]} hides its default"
+    text = " ".join(run_main(COMMANDS[name].main, ["--help"]).out.split())
+    if name == "lalm-chat":
+        assert "--timeout S bound on a whole turn (default: none)" in text
+        assert "go on (default: stop)" in text
 
 
 def test_prompts_selection():
