@@ -1,8 +1,9 @@
 """Ask a server, before the run, which models it has and how large its window is.
 
-Each server tells it differently (SERVERS.md): llama.cpp `GET /props`, vLLM
+Each server tells it differently: llama.cpp `GET /props`, vLLM
 `max_model_len` in `GET /v1/models`, LM Studio `GET /api/v0/models`, Ollama
-`POST /api/show`. What is learnt goes into the run record's `server`.
+`POST /api/show` (the engines measured are in README.md, "Other engines": the
+window column). What is learnt goes into the run record's `server`.
 """
 from __future__ import annotations
 

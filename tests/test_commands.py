@@ -284,3 +284,17 @@ def test_error_kinds_are_enforced():
     ran = run_main(metrics.main, [], RUN + turn)
     assert ran.code == 1 and ran.err.startswith("lalm-metrics: error: stdin:2: turn record: ") \
         and "bogus" not in ran.out and "error.kind" in ran.err, ran.err
+
+
+def test_every_markdown_file_a_module_names_exists():
+    import ast
+    cited = {}
+    for folder, _, files in os.walk(os.path.join(ROOT, "lalmpipe")):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                doc = ast.get_docstring(ast.parse(open(path, encoding="utf-8").read())) or ""
+                for md in re.findall(r"[\w./-]+\.md\b", doc):
+                    cited[f"{os.path.relpath(path, ROOT)}: {md}"] = any(
+                        os.path.exists(os.path.join(base, md)) for base in (ROOT, os.path.join(ROOT, "docs")))
+    assert [c for c, found in cited.items() if not found] == []
