@@ -1,6 +1,7 @@
 # lalmpipe: make demo (a short benchmark against a real local server), make test.
-# make server / make demo MODEL=qwen2.5-coder-0.5b|smollm2-135m (default: the first; other engines: the second)
+# make server / make demo MODEL=qwen2.5-coder-0.5b|smollm2-135m|gemma3-270m (default: the first; other engines: the second)
 # make server / make demo ENGINE=vllm|llama-cpp-python|transformers|llama.cpp [CTX=N] (default: llama.cpp)
+# make server / make demo SERVER_ARGS='-ctk q8_0 -ctv q8_0 -fa on': more arguments for the engine
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -18,10 +19,17 @@ LOGS       ?= logs
 # make depth: over a fixed history, only the turns AT (prompt ids) sent
 HISTORY    ?=
 AT         ?=
-# the engine make server / make demo start (empty: llama.cpp), and its window (empty: the model's)
-ENGINE     ?=
-CTX        ?=
-ENGINE_ARGS = $(if $(ENGINE),--engine $(ENGINE)) $(if $(MODEL),--model $(MODEL)) $(if $(CTX),--ctx $(CTX))
+# the engine make server / make demo start (empty: llama.cpp), its window (empty: the model's)
+# and more arguments for it
+ENGINE      ?=
+CTX         ?=
+SERVER_ARGS ?=
+ENGINE_ARGS = $(if $(ENGINE),--engine $(ENGINE)) $(if $(MODEL),--model $(MODEL)) $(if $(CTX),--ctx $(CTX)) \
+              $(if $(SERVER_ARGS),--server-args='$(SERVER_ARGS)')
+# the built server, the models and the engines: the checkout's .cache (a pip-installed
+# lalmpipe keeps them in the user's cache folder instead)
+LALM_CACHE  ?= $(CURDIR)/.cache
+export LALM_CACHE
 ENGINE_TESTS = tests/engines
 # another engine installs itself and fetches its own model on start: no llama-server build for it
 OTHER_ENGINE  = $(filter-out llama.cpp,$(ENGINE))
