@@ -10,8 +10,9 @@ import msgspec
 
 from .records import Metrics, Recall, Run
 from .stats import mean, percentile, r3, r6, slope
-from .results import (Band, Ceiling, Cell, Depth, Memory, Reasoning, Round, RuleBreak, RunReport, Summary,
-                      Tier)
+from .inference import memory_curve, slope_interval, wilson
+from .results import (Band, Ceiling, Cell, Depth, Memory, MemoryFit, Reasoning, Round, RuleBreak, RunReport, Share,
+                      SpeedBand, Summary, Tier)
 from .vocab import CLIENT_CONTEXT, CountSource, ErrorKind, Status
 
 # a fact asked fewer turns than this after it was stated does not count toward the effective context
@@ -97,7 +98,8 @@ def summarize(rows: list[Metrics], estimated: bool = False) -> Summary:
         max_context_tokens=max(ctx) if ctx else None,
         duration_s=r6(sum(r.e2e_s or r.ttft_s or 0.0 for r in rows)),
         **degradation(ok),
-        context_source=CLIENT_CONTEXT if estimated else CountSource.SERVER)
+        context_source=CLIENT_CONTEXT if estimated else CountSource.SERVER,
+        by_context=speed_bands(ok))
 
 
 def _ratio(a, b) -> float | None:
@@ -119,10 +121,40 @@ def degradation(ok: list[Metrics]) -> dict:
     start = mean([t for _, t in tps[:n]]) if tps else None
     end = mean([t for _, t in tps[-n:]]) if len(tps) > 1 else None
     half = next((c for c, t in tps if start and t < start / 2), None)
+    decode_k = slope([c for c, _ in tps], [t for _, t in tps])
     return {"ttft_slope_s_per_1k_tokens": r6(k * 1000 if k is not None else None),
             "decode_tps_start": r3(start), "decode_tps_end": r3(end),
             "decode_ratio_end_to_start": r3(end / start if start and end else None),
-            "decode_half_speed_at_context_tokens": half}
+            "decode_half_speed_at_context_tokens": half,
+            "ttft_slope_ci95": _per_1k(slope_interval([p[0] for p in pts], [p[1] for p in pts]), r6),
+            "decode_slope_tps_per_1k_tokens": r3(decode_k * 1000 if decode_k is not None else None),
+            "decode_slope_ci95": _per_1k(slope_interval([c for c, _ in tps], [t for _, t in tps]), r3)}
+
+
+def _per_1k(interval: tuple[float, float] | None, rounded) -> list[float] | None:
+    return None if interval is None else [rounded(interval[0] * 1000), rounded(interval[1] * 1000)]
+
+
+def _quartiles(values: list[float], rounded) -> list[float] | None:
+    if not values:
+        return None
+    return [rounded(percentile(values, 25)), rounded(percentile(values, 50)), rounded(percentile(values, 75))]
+
+
+def speed_bands(ok: list[Metrics]) -> list[SpeedBand]:
+    """Per band of context size (the distance bands' edges), the turns in it and the
+    quartiles of their TTFT, prefill and decode speed: the spread behind each figure."""
+    by_band: dict[int, list[Metrics]] = {}
+    for r in ok:
+        b = band_of(r.context_tokens, DISTANCE_EDGES)
+        if b is not None:
+            by_band.setdefault(b, []).append(r)
+    return [SpeedBand(from_=DISTANCE_EDGES[b], to=DISTANCE_EDGES[b + 1] if b + 1 < len(DISTANCE_EDGES) else None,
+                      turns=len(rs),
+                      ttft_s=_quartiles([r.ttft_s for r in rs if r.ttft_s is not None], r6),
+                      prefill_tps=_quartiles([r.prefill_tps for r in rs if r.prefill_tps is not None], r3),
+                      decode_tps=_quartiles([r.decode_tps for r in rs if r.decode_tps is not None], r3))
+            for b, rs in sorted(by_band.items())]
 
 
 def reasoning_summary(rows: list[Metrics]) -> Reasoning:
@@ -205,6 +237,7 @@ def memory(rows: list[Metrics], recalls: list[Recall], window: int | None,
         rounds=rs, probes=len(recalls), min_fact_age_turns=min_fact_age, probes_counted=len(aged),
         recall_mean=r3(mean([r.recall for r in rs])), first_round_recall=first,
         effective_context_tokens=effective_context(rs, 0.9) if rs else None,
+        effective_context_ci95=[effective_context(rs, 0.9, end=0), effective_context(rs, 0.9, end=1)] if rs else None,
         effective_context_relative_tokens=effective_context(rs, 0.85 * first) if first else None,
         advertised_window_tokens=window,
         by_distance=bands(recalls, lambda r: r.tokens_since_stated, DISTANCE_EDGES),
@@ -216,11 +249,16 @@ def memory(rows: list[Metrics], recalls: list[Recall], window: int | None,
                                                                  context_tokens=broken.context_tokens),
         repeat_3gram_ratio_mean=r3(mean(repeat)),
         empty_answers=sum(1 for r in ok if r.empty_answer),
-        hit_max_tokens=sum(1 for r in ok if r.hit_max_tokens))
+        hit_max_tokens=sum(1 for r in ok if r.hit_max_tokens),
+        overall=Share(**_share(aged)) if aged else None,
+        fit=MemoryFit(**memory_curve([r.tokens_since_stated for r in recalls], [r.correct for r in recalls])))
 
 
-def _share(rs: list[Recall]) -> float:
-    return round(sum(bool(r.correct) for r in rs) / len(rs), 4)
+def _share(rs: list[Recall]) -> dict:
+    """Probes recalled of those asked, as every share of the report gives it."""
+    recalled = sum(bool(r.correct) for r in rs)
+    return {"probes": len(rs), "recall": round(recalled / len(rs), 4), "n": len(rs), "recalled": recalled,
+            "ci95": wilson(recalled, len(rs))}
 
 
 def _by_round(recalls: list[Recall]) -> dict[int, list[Recall]]:
@@ -238,16 +276,18 @@ def rounds(recalls: list[Recall], at: dict[int, int | None] | None = None) -> li
     for turn, rs in sorted(_by_round(recalls).items()):
         ctx = [r.context_tokens for r in rs if r.context_tokens is not None]
         known = (at or {}).get(turn)
-        out.append(Round(after_turn=turn, probes=len(rs), recall=_share(rs),
+        out.append(Round(after_turn=turn, **_share(rs),
                          context_tokens=known if known is not None else max(ctx) if ctx else None))
     return out
 
 
-def effective_context(rows: list[Round], threshold: float) -> int | None:
-    """The largest context up to which every probe round scores at least `threshold`."""
+def effective_context(rows: list[Round], threshold: float, end: int | None = None) -> int | None:
+    """The largest context up to which every probe round scores at least `threshold`; with
+    `end` 0 or 1, every round's interval's low end (surely held) or high end (plausibly held)."""
     best = None
     for r in rows:
-        if r.recall < threshold:
+        share = r.recall if end is None or r.ci95 is None else r.ci95[end]
+        if share < threshold:
             break
         best = r.context_tokens if r.context_tokens is not None else best
     return best
@@ -267,8 +307,8 @@ def bands(recalls: list[Recall], value_of: Callable[[Recall], float | None],
         b = band_of(value_of(r), edges)
         if b is not None:
             by_band.setdefault(b, []).append(r)
-    return [Band(from_=edges[b], to=edges[b + 1] if b + 1 < len(edges) else None, probes=len(rs),
-                 recall=_share(rs)) for b, rs in sorted(by_band.items())]
+    return [Band(from_=edges[b], to=edges[b + 1] if b + 1 < len(edges) else None, **_share(rs))
+            for b, rs in sorted(by_band.items())]
 
 
 def grid(recalls: list[Recall], at: dict[int, int | None] | None = None) -> list[Cell]:
@@ -279,8 +319,8 @@ def grid(recalls: list[Recall], at: dict[int, int | None] | None = None) -> list
         if b is not None:
             cells.setdefault((r.after_turn, b), []).append(r)
     ctx = {row.after_turn: row.context_tokens for row in rounds(recalls, at)}
-    return [Cell(after_turn=t, context_tokens=ctx[t], depth_from=DEPTH_EDGES[b], probes=len(rs),
-                 recall=_share(rs)) for (t, b), rs in sorted(cells.items())]
+    return [Cell(after_turn=t, context_tokens=ctx[t], depth_from=DEPTH_EDGES[b], **_share(rs))
+            for (t, b), rs in sorted(cells.items())]
 
 
 def depths(rows: list[Metrics], recalls: list[Recall]) -> list[Depth]:
@@ -294,6 +334,7 @@ def depths(rows: list[Metrics], recalls: list[Recall]) -> list[Depth]:
                   ttft_s=r.ttft_s, prefill_tps=r.prefill_tps,
                   cached_share=r3(_ratio(r.cached_tokens, r.prompt_tokens)) if cache_counted(r) else None,
                   decode_tps=r.decode_tps, reasoning_tokens=r.reasoning_tokens,
-                  probes=len(asked.get(r.turn, [])), recalled=sum(1 for p in asked.get(r.turn, []) if p.correct))
+                  probes=len(asked.get(r.turn, [])), recalled=sum(1 for p in asked.get(r.turn, []) if p.correct),
+                  recall_ci95=wilson(sum(1 for p in asked.get(r.turn, []) if p.correct), len(asked.get(r.turn, []))))
             for r in _ok(rows)]
 

@@ -21,6 +21,7 @@ import json
 from typing import Iterable
 
 from . import aggregate
+from .compare import verdicts
 from .cli import (ExitCode, add_common_args, add_input_args, file_ending, new_parser, non_negative_int,
                   run_command)
 from .errors import InputError, UsageError
@@ -56,7 +57,9 @@ def collect(records: Iterable[Line]) -> list[tuple[Run | None, list[Metrics], li
 
 def document(reports: list[RunReport]) -> RunReport | Comparison:
     """What --format json writes: one run's report, or the runs and their comparison."""
-    return reports[0] if len(reports) == 1 else Comparison(runs=reports, comparison=comparison(reports))
+    if len(reports) == 1:
+        return reports[0]
+    return Comparison(runs=reports, comparison=comparison(reports), verdicts=verdicts(reports))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +105,9 @@ def work(args, stdin, stdout, stderr) -> int:
     if args.plot:
         plot(reports, args.plot)
     if args.format == "html":
-        write_page(reports, args.texts, stdout, None if args.quiet else stderr)
+        doc = document(reports)
+        write_page(reports, args.texts, stdout, None if args.quiet else stderr,
+                   doc.verdicts if isinstance(doc, Comparison) else None)
     else:
         emit(reports, args.format, stdout, args.plot, args.depths)
     return ExitCode.OK
@@ -131,7 +136,7 @@ def emit(reports: list[RunReport], fmt: str, stdout, plot_path: str | None = Non
     elif fmt == "csv":
         csv_render.write_turns(reports, stdout)
     elif fmt == "markdown":
-        stdout.write(markdown(reports, plot_path))
+        stdout.write(markdown(document(reports), plot_path))
     else:
-        stdout.write(text(reports))
+        stdout.write(text(document(reports)))
     stdout.flush()

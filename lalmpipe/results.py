@@ -43,6 +43,10 @@ class Summary(Part):
     decode_ratio_end_to_start: float | None
     decode_half_speed_at_context_tokens: int | None
     context_source: str = CountSource.SERVER   # or CLIENT_CONTEXT: the unit of every context size
+    ttft_slope_ci95: list[float] | None = None          # s per 1k tokens, 95 % (Student's t)
+    decode_slope_tps_per_1k_tokens: float | None = None
+    decode_slope_ci95: list[float] | None = None
+    by_context: list[SpeedBand] = []
 
     @property
     def estimated(self) -> bool:
@@ -79,29 +83,52 @@ class Ceiling(Part):
     overflow_tokens: int | None         # the size the server gave the request it refused
 
 
-class Round(Part):
-    """The probes asked after one turn."""
-    after_turn: int
+class Share(Part):
+    """Probes recalled of probes asked, with the 95 % Wilson score interval of the share."""
     probes: int
     recall: float
+    n: int                                  # the probes again, under the name every share uses
+    recalled: int
+    ci95: tuple[float, float] | None
+
+
+class Round(Share):
+    """The probes asked after one turn."""
+    after_turn: int
     context_tokens: int | None
 
 
-class Band(Part):
+class Band(Share):
     """The probes whose distance (or depth) fell in [from, to)."""
     from_: float = msgspec.field(name="from")
     to: float | None
-    probes: int
-    recall: float
 
 
-class Cell(Part):
+class Cell(Share):
     """The probes of one round whose fact stood in one depth band."""
     after_turn: int
     context_tokens: int | None
     depth_from: float
+
+
+class MemoryFit(Part):
+    """Recall against distance fitted as never rising (isotonic regression): where it falls
+    below 90 % and 50 %, each with its 95 % bootstrap interval (None: the data cannot say)."""
     probes: int
-    recall: float
+    distance_90_tokens: int | None
+    distance_90_ci95: list[int | None] | None
+    distance_50_tokens: int | None
+    distance_50_ci95: list[int | None] | None
+
+
+class SpeedBand(Part):
+    """The turns whose context fell in [from, to): each speed's median and quartiles."""
+    from_: int = msgspec.field(name="from")
+    to: int | None
+    turns: int
+    ttft_s: list[float] | None              # [first quartile, median, third quartile]
+    prefill_tps: list[float] | None
+    decode_tps: list[float] | None
 
 
 class RuleBreak(Part):
@@ -118,6 +145,8 @@ class Memory(Part):
     recall_mean: float | None
     first_round_recall: float | None
     effective_context_tokens: int | None
+    # the largest context where every round surely / plausibly held 90 % (its interval's low / high end)
+    effective_context_ci95: list[int | None] | None
     effective_context_relative_tokens: int | None
     advertised_window_tokens: int | None
     by_distance: list[Band]
@@ -129,6 +158,8 @@ class Memory(Part):
     repeat_3gram_ratio_mean: float | None
     empty_answers: int
     hit_max_tokens: int
+    overall: Share | None = None            # every probe counted toward the effective context
+    fit: MemoryFit | None = None
 
 
 class Depth(Part):
@@ -145,6 +176,7 @@ class Depth(Part):
     reasoning_tokens: int | None
     probes: int
     recalled: int
+    recall_ci95: tuple[float, float] | None = None
 
 
 class RunReport(Part):
@@ -177,16 +209,29 @@ class RunReport(Part):
         return "cold" if self.run and self.run.settings.cold else "warm"
 
 
+class Verdict(Part):
+    """One figure of a run set against the same figure of the first run, tested."""
+    figure: str                     # "recall", "decode_tps", "ttft_s"
+    where: str                      # "overall", a distance band ("1-2k tokens since stated"), a context band
+    runs: list[str]                 # the first run's id, and the other's
+    values: list[float | None]      # each run's share, or median
+    n: list[int]                    # the samples behind each
+    p_value: float | None
+    verdict: str
+
+
 class Comparison(Part):
-    """Several runs, and the table that sets them side by side."""
+    """Several runs, the table that sets them side by side, and the tests of their differences."""
     runs: list[RunReport]
     comparison: list[list[str]]
+    verdicts: list[Verdict] = []
 
 
 def to_builtins(report: RunReport | Comparison) -> dict[str, Any]:
     """The report as JSON-ready objects; records (the run, the turns) as they are written."""
     if isinstance(report, Comparison):
-        return {"runs": [to_builtins(r) for r in report.runs], "comparison": report.comparison}
+        return {"runs": [to_builtins(r) for r in report.runs], "comparison": report.comparison,
+                "verdicts": msgspec.to_builtins(report.verdicts)}
     d = msgspec.to_builtins(report)
     d["run"] = report.run.to_dict() if report.run else None
     d["turns"] = [t.to_dict() for t in report.turns]

@@ -33,7 +33,7 @@ def test_repeat_ratio_and_effective_context_by_hand():
     assert recall.repeat_ngram_ratio("a b c d e f") == 0.0
     assert recall.repeat_ngram_ratio("la la la la la la") == 0.75        # 4 trigrams, 1 distinct
     assert recall.repeat_ngram_ratio("too short") is None
-    rounds = [Round(after_turn=i, probes=1, recall=r, context_tokens=c)
+    rounds = [Round(after_turn=i, probes=1, recall=r, n=1, recalled=round(r), ci95=None, context_tokens=c)
               for i, (r, c) in enumerate([(1.0, 500), (0.9, 1000), (0.5, 1500), (1.0, 2000)])]
     assert aggregate.effective_context(rounds, 0.9) == 1000      # stays >= 0.9 up to 1,000 tokens
     assert aggregate.effective_context(rounds, 0.85 * 1.0) == 1000

@@ -78,3 +78,15 @@ def approx(text: str, estimated: bool) -> str:
 def plural(n: int, word: str) -> str:
     """"1 probe", "2 probes"."""
     return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def share(recall: float, n: int, ci95) -> str:
+    """A share with its interval and count: "58 % (41-74 %, n 28)"."""
+    if ci95 is None:
+        return f"{recall:.0%} (n {n})"
+    return f"{recall:.0%} ({ci95[0] * 100:.0f}\u2013{ci95[1]:.0%}, n {n})"
+
+
+def span(interval, fmt: str) -> str:
+    """An interval's two ends, "?" for an end not known."""
+    return " to ".join("?" if x is None else format(x, fmt) for x in interval)

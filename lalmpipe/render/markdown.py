@@ -2,9 +2,9 @@
 after their comparison."""
 from __future__ import annotations
 
-from ..results import RunReport
-from .sentences import history_sentence, summary_lines
-from .tables import comparison, depth_rows, depth_title, md_table, tier_rows, turn_rows
+from ..results import Comparison, RunReport
+from .sentences import VERDICT_TITLE, history_sentence, summary_lines, verdict_lines
+from .tables import depth_rows, depth_title, md_table, tier_rows, turn_rows
 from .text import depths_title_table
 
 
@@ -24,10 +24,15 @@ def run_markdown(report: RunReport, plot_path: str | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
-def markdown(reports: list[RunReport], plot_path: str | None = None) -> str:
-    several = len(reports) > 1
-    head = ["# Comparison", "", "\n".join(md_table(comparison(reports))) + "\n",
-            f"History {history_sentence(reports)}.", ""] if several else []
+def markdown(doc: RunReport | Comparison, plot_path: str | None = None) -> str:
+    reports = doc.runs if isinstance(doc, Comparison) else [doc]
+    several = isinstance(doc, Comparison)
+    head = []
+    if isinstance(doc, Comparison):
+        head = ["# Comparison", "", "\n".join(md_table(doc.comparison)) + "\n",
+                f"History {history_sentence(reports)}.", ""]
+        if doc.verdicts:
+            head += [VERDICT_TITLE + ":", ""] + [f"- {line}" for line in verdict_lines(doc.verdicts)] + [""]
     if several and plot_path:
         head += [f"![context growth]({plot_path})", ""]
     return "\n".join(head + [run_markdown(r, None if several else plot_path) for r in reports])

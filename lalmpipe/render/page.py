@@ -25,11 +25,11 @@ import msgspec
 from .. import __version__
 from ..jsonl import read_records
 from ..records import Metrics, Run, Turn
-from ..results import RunReport
+from ..results import RunReport, Verdict
 from .columns import cell, heading
 from .inline_svg import inline_svg
 from .plot import svg
-from .sentences import history_sentence, summary_lines
+from .sentences import VERDICT_TITLE, history_sentence, summary_lines, verdict_lines
 from .tables import (comparison, depth_comparison, depth_rows, depth_title, status_cell, tier_rows, turn_cell,
                      turn_state)
 
@@ -85,7 +85,7 @@ def script_hash(script: str) -> str:
 
 
 def render(reports: list[RunReport], texts: dict[tuple[str, int], TurnText] | None = None,
-           figures: bool = True) -> str:
+           figures: bool = True, verdicts: list[Verdict] | None = None) -> str:
     """The page of one or more runs."""
     from markupsafe import Markup
     script = _package_text(SCRIPT)
@@ -95,6 +95,7 @@ def render(reports: list[RunReport], texts: dict[tuple[str, int], TurnText] | No
             "version": __version__, "script": Markup(script), "script_hash": script_hash(script),
             "comparison": comparison(reports) if several else None,
             "history": history_sentence(reports) if several else None,
+            "verdicts": verdict_lines(verdicts) if several else None, "verdict_title": VERDICT_TITLE,
             "depth_comparison": depth_comparison(reports)
             if several and any(r.chose_depths for r in reports) else None,
             "comparison_figure": figure(reports, "c-") if several else None,
@@ -182,11 +183,13 @@ def _details(row: Metrics) -> list[tuple[str, str]]:
     return [(f, cell(getattr(row, f), f)) for f in fields if getattr(row, f) is not None]
 
 
-def write_page(reports: list[RunReport], recordings: list[str], stdout, stderr=None) -> None:
+def write_page(reports: list[RunReport], recordings: list[str], stdout, stderr=None,
+               verdicts: list[Verdict] | None = None) -> None:
     """Write the page of the reports, with the texts of the recordings, and say
     on stderr (when given) how large it is and how many turns have their texts."""
     texts = read_texts(recordings) if recordings else None
-    page = render(reports, texts, figures=importlib.util.find_spec("matplotlib") is not None)
+    page = render(reports, texts, figures=importlib.util.find_spec("matplotlib") is not None,
+                  verdicts=verdicts or [])
     stdout.write(page)
     stdout.flush()
     if stderr is None:

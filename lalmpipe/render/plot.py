@@ -7,12 +7,13 @@ import os
 from ..aggregate import DEPTH_EDGES
 from ..records import TIERS, Metrics
 from ..vocab import Status
-from ..results import RunReport
+from ..results import RunReport, Share
 from .columns import axis
 
 PLOT_FILES = (".png", ".svg")   # matplotlib writes the format the file's name ends in
 TIER_COLOURS = ("#e8f1fa", "#eaf6ea", "#fdf3e1", "#f6e8f3", "#eeeeee", "#fbe9e7")
 PANELS = ("ttft_s", "prefill_tps", "decode_tps", "reasoning_tokens")
+FEW = 3   # a heatmap cell of fewer probes is marked as not known
 
 
 # names and labels come from the records: drawn as written, never read as mathtext; an
@@ -96,8 +97,8 @@ def _memory(axes, reports) -> None:
     for rep in reports:
         m, name = rep.memory, rep.model
         rounds = [r for r in (m.rounds if m else []) if r.context_tokens is not None]
-        recall_ax.plot([r.context_tokens for r in rounds], [r.recall for r in rounds],
-                       marker="s", markersize=4, linewidth=1.2, label=name)
+        recall_ax.errorbar([r.context_tokens for r in rounds], [r.recall for r in rounds], yerr=_yerr(rounds),
+                           marker="s", markersize=4, linewidth=1.2, capsize=3, label=f"{name} (95 % intervals)")
         if m and m.effective_context_tokens:
             recall_ax.axvline(m.effective_context_tokens, color="#2e7d32", linestyle=":",
                               label=f"effective context ({name})")
@@ -126,10 +127,13 @@ def _heatmap(ax, rep: RunReport) -> None:
     from matplotlib.patches import Rectangle
     cmap = matplotlib.colormaps["RdYlGn"]
     for c in cells:
+        # a cell of fewer than FEW probes is not known enough to colour: grey, hatched
+        few = c.n < FEW
         ax.add_patch(Rectangle((c.context_tokens - width / 2, c.depth_from), width, step,
-                               color=cmap(c.recall)))
+                               facecolor="#dddddd" if few else cmap(c.recall), hatch="//" if few else None,
+                               edgecolor="#999999" if few else "none"))
     ax.set_ylim(0, 1)
-    ax.set_title("recall by depth (green 1, red 0)", fontsize="small")
+    ax.set_title(f"recall by depth (green 1, red 0; grey: fewer than {FEW} probes)", fontsize="small")
 
 
 def _by_distance(ax, reports) -> None:
@@ -137,10 +141,16 @@ def _by_distance(ax, reports) -> None:
     for rep in reports:
         bands = rep.memory.by_distance if rep.memory else []
         xs = [b.from_ + ((b.to or b.from_ * 2) - b.from_) / 2 for b in bands]
-        ax.plot(xs, [b.recall for b in bands], marker="o", label=rep.model)
+        ax.errorbar(xs, [b.recall for b in bands], yerr=_yerr(bands), marker="o", capsize=3, label=rep.model)
     ax.set_ylabel("recall by distance")
     ax.set_ylim(-0.05, 1.05)
     ax.grid(True, alpha=0.3)
+
+
+def _yerr(shares: list[Share]) -> list[list[float]]:
+    """Each share's 95 % interval as error bars below and above it."""
+    return [[s.recall - s.ci95[0] if s.ci95 else 0.0 for s in shares],
+            [s.ci95[1] - s.recall if s.ci95 else 0.0 for s in shares]]
 
 
 def _points(rows: list[Metrics], key: str):

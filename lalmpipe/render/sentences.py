@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from ..results import Band, Memory, RunReport
-from .columns import approx, cell, count, plural
+from ..results import Band, Memory, RunReport, Verdict
+from .columns import approx, cell, count, heading, plural, share, span
 
 
 def summary_lines(report: RunReport) -> list[tuple[str, str]]:
@@ -15,11 +15,17 @@ def summary_lines(report: RunReport) -> list[tuple[str, str]]:
     est, half = s.estimated, s.decode_half_speed_at_context_tokens
     lines = [("TTFT", f"mean {f(s.ttft_mean_s, '.3f')} s, p50 {f(s.ttft_p50_s, '.3f')} s, "
                       f"p95 {f(s.ttft_p95_s, '.3f')} s; "
-                      f"{f(s.ttft_slope_s_per_1k_tokens, '+.3f')} s per 1,000 context tokens"),
+                      f"{f(s.ttft_slope_s_per_1k_tokens, '+.3f')} s per 1,000 context tokens"
+                      + (f" (95 %: {span(s.ttft_slope_ci95, '.3f')})" if s.ttft_slope_ci95 else "")),
              ("Decode", f"mean {f(s.decode_tps_mean, '.1f')} tok/s; {f(s.decode_tps_start, '.1f')} "
                         f"at the start, {f(s.decode_tps_end, '.1f')} at the end "
                         f"(x{f(s.decode_ratio_end_to_start, '.2f')})"
+                        + (f"; {s.decode_slope_tps_per_1k_tokens:+.1f} tok/s per 1,000 context tokens (95 %: "
+                           f"{span(s.decode_slope_ci95, '.1f')})" if s.decode_slope_ci95 else "")
                         + (f"; below half speed from {approx(count(half), est)} context tokens" if half else ""))]
+    if len(s.by_context) > 1:
+        lines.append(("By context", "; ".join(_speed_band(b) for b in s.by_context)
+                      + " [median (quartiles), turns; context tokens]"))
     if s.cached_tokens_total is not None and s.cache_prompt_tokens_total:
         lines.append(("Prefix cache", f"{s.cached_tokens_total:,} of {s.cache_prompt_tokens_total:,} "
                                       f"prompt tokens served from cache ({s.cache_hit_ratio:.0%})"))
@@ -35,6 +41,13 @@ def summary_lines(report: RunReport) -> list[tuple[str, str]]:
                            + (" (the server did not count every prompt: client estimates)" if est else "")))
     lines.append(("Ceiling", ceiling_sentence(report)))
     return lines + memory_lines(report.memory)
+
+
+def _speed_band(b) -> str:
+    name = f"{b.from_ // 1000}-{b.to // 1000}k" if b.to else f">={b.from_ // 1000}k"
+    parts = [f"{label} {q[1]:{fmt}} ({q[0]:{fmt}}-{q[2]:{fmt}})"
+             for label, q, fmt in (("TTFT", b.ttft_s, ".2f"), ("decode", b.decode_tps, ".1f")) if q]
+    return f"{name}: " + ", ".join(parts) + f", {plural(b.turns, 'turn')}"
 
 
 def ceiling_sentence(report: RunReport) -> str:
@@ -72,17 +85,22 @@ def memory_lines(m: Memory | None) -> list[tuple[str, str]]:
     out = []
     window = f"; the server advertises {count(m.advertised_window_tokens)}" if m.advertised_window_tokens else ""
     if m.rounds:
-        eff, rel = m.effective_context_tokens, m.effective_context_relative_tokens
+        eff, rel, first = m.effective_context_tokens, m.effective_context_relative_tokens, m.rounds[0]
+        overall = f"recalled {share(m.overall.recall, m.overall.n, m.overall.ci95)}, " if m.overall else ""
         out.append(("Recall", f"{plural(m.probes_counted, 'probe')} of facts at least {m.min_fact_age_turns} "
-                              f"turns old in {plural(len(m.rounds), 'round')}, mean {m.recall_mean:.0%}, "
-                              f"first round {m.first_round_recall:.0%}; "
+                              f"turns old in {plural(len(m.rounds), 'round')}: {overall}mean of the rounds "
+                              f"{m.recall_mean:.0%}, first round {share(first.recall, first.n, first.ci95)}; "
                               + (f"effective context {eff:,} tokens (recall >= 90%)" if eff
                                  else "recall never reached 90%")
+                              + (f" ({span(m.effective_context_ci95, ',')} by the rounds' intervals)"
+                                 if eff and m.effective_context_ci95 else "")
                               + (f", {rel:,} (>= 85% of the first round)" if rel else "")
                               + window))
     elif m.probes:
         out.append(("Recall", f"no probe asked a fact at least {m.min_fact_age_turns} turns old "
                               "(--min-fact-age): no effective context" + window))
+    if m.fit and m.fit.probes >= 5:
+        out.append(("Memory curve", _fit_sentence(m)))
     if m.by_distance:
         out.append(("By distance", _bands(m.by_distance, lambda a, b: f"{a // 1000:.0f}-{b // 1000:.0f}k"
                                           if b else f">={a // 1000:.0f}k", "tokens since stated")))
@@ -102,7 +120,22 @@ def memory_lines(m: Memory | None) -> list[tuple[str, str]]:
 
 
 def _bands(rows: list[Band], name, unit: str) -> str:
-    return "; ".join(f"{name(b.from_, b.to)} {b.recall:.0%} ({b.probes})" for b in rows) + f" [{unit}]"
+    return "; ".join(f"{name(b.from_, b.to)} {share(b.recall, b.n, b.ci95)}" for b in rows) + f" [{unit}]"
+
+
+def _fit_sentence(m: Memory) -> str:
+    """Where the fitted recall falls, and which figure is which."""
+    fit = m.fit
+    assert fit is not None
+    parts = []
+    for level, d, ci in ((90, fit.distance_90_tokens, fit.distance_90_ci95),
+                         (50, fit.distance_50_tokens, fit.distance_50_ci95)):
+        where = f"{d:,} tokens back (95 %: {span(ci, ',')})" if d is not None and ci else \
+            f"{d:,} tokens back" if d is not None else "not within the distances measured"
+        parts.append(f"below {level} % at {where}")
+    return ("recall against the distance to the fact, fitted as never rising (" + str(fit.probes)
+            + " probes): " + "; ".join(parts) + ". This is how far back the model remembers; the effective "
+            "context above is how large a conversation it held while it still did")
 
 
 def history_sentence(reports: list[RunReport]) -> str:
@@ -121,3 +154,15 @@ def history_sentence(reports: list[RunReport]) -> str:
         f"run {r.run_id} over " + (f"the answers of run {s.run_id} (sha256 {s.sha256[:12]})" if s
                                    else "its own answers")
         for r, s in zip(reports, sources))
+
+
+def verdict_lines(verdicts: list[Verdict]) -> list[str]:
+    """Each tested difference in a line: the figure, where, each run's value and the verdict."""
+    def value(figure: str, v) -> str:
+        return "?" if v is None else f"{v:.0%}" if figure == "recall" else cell(v, figure)
+    return [f"{heading(v.figure)} {v.where}: " + " vs ".join(value(v.figure, x) for x in v.values)
+            + f" (run {v.runs[1]} against {v.runs[0]}): {v.verdict}" for v in verdicts]
+
+
+VERDICT_TITLE = ("Differences (each run against the first; recall by Fisher's exact test, speed by "
+                 "Mann-Whitney's U over the turns in the same context band; p < 0.05 is called a difference)")

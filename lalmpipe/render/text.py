@@ -2,9 +2,9 @@
 several runs each in turn, then their comparison."""
 from __future__ import annotations
 
-from ..results import RunReport
-from .sentences import history_sentence, summary_lines
-from .tables import comparison, depth_comparison, depth_rows, depth_title, text_table, turn_rows
+from ..results import Comparison, RunReport
+from .sentences import VERDICT_TITLE, history_sentence, summary_lines, verdict_lines
+from .tables import depth_comparison, depth_rows, depth_title, text_table, turn_rows
 
 
 def run_text(report: RunReport) -> str:
@@ -19,11 +19,14 @@ def run_text(report: RunReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def text(reports: list[RunReport]) -> str:
+def text(doc: RunReport | Comparison) -> str:
+    reports = doc.runs if isinstance(doc, Comparison) else [doc]
     parts = [run_text(r) for r in reports]
-    if len(reports) > 1:
-        parts.append("Comparison\n\n" + "\n".join(text_table(comparison(reports), right=False))
+    if isinstance(doc, Comparison):
+        parts.append("Comparison\n\n" + "\n".join(text_table(doc.comparison, right=False))
                      + f"\n\nHistory      {history_sentence(reports)}\n")
+        if doc.verdicts:
+            parts.append(VERDICT_TITLE + "\n\n" + "\n".join(verdict_lines(doc.verdicts)) + "\n")
         if any(r.chose_depths for r in reports):
             parts.append(depths_text(reports))
     return "\n".join(parts)
