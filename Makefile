@@ -14,7 +14,9 @@ MODEL      ?=
 MODELS     ?= $(MODEL)
 ROUNDS     ?= 231
 MAX_TOKENS ?= 32768
+# more flags for lalm-chat, and for every lalm-report the target runs (e.g. --min-fact-age 4)
 CHAT_ARGS  ?=
+REPORT_ARGS ?=
 LOGS       ?= logs
 # make depth: over a fixed history, only the turns AT (prompt ids) sent
 HISTORY    ?=
@@ -75,7 +77,10 @@ bench: install
 	  $(BIN)/lalm-prompts --num-rounds $(ROUNDS) \
 	  | $(BIN)/lalm-chat $(if $(BASE_URL),--base-url $(BASE_URL)) $$( [ "$$m" = _ ] || echo --model $$m ) \
 	      --max-tokens $(MAX_TOKENS) --output $$name.jsonl $(CHAT_ARGS) \
-	  | $(BIN)/lalm-metrics > $$name.metrics.jsonl; \
+	  | $(BIN)/lalm-metrics > $$name.metrics.jsonl \
+	  || { rm -f $$name.metrics.jsonl; [ -s $$name.jsonl ] || rm -f $$name.jsonl; \
+	       echo "make bench: the run stopped (see above); no server at the base URL? make server starts the project's own" >&2; \
+	       exit 1; }; \
 	  $(BIN)/lalm-report --format json $(REPORT_ARGS) $$name.metrics.jsonl > $$name.json; \
 	  $(BIN)/lalm-report --plot $$name.png $(REPORT_ARGS) $$name.metrics.jsonl; \
 	  $(BIN)/lalm-report --format html $(REPORT_ARGS) --texts $$name.jsonl $$name.metrics.jsonl > $$name.html; \
@@ -83,9 +88,11 @@ bench: install
 	  all="$$all $$name.metrics.jsonl"; texts="$$texts --texts $$name.jsonl"; \
 	done; \
 	if [ $(words $(MODELS)) -gt 1 ]; then \
-	  $(BIN)/lalm-report --plot $(LOGS)/lalm_benchmark_compare_$$ts.png $(REPORT_ARGS) $$all | sed -n '/^Comparison/,$$p'; \
-	  $(BIN)/lalm-report --format json $(REPORT_ARGS) $$all > $(LOGS)/lalm_benchmark_compare_$$ts.json; \
-	  $(BIN)/lalm-report --format html $(REPORT_ARGS) $$texts $$all > $(LOGS)/lalm_benchmark_compare_$$ts.html; \
+	  cmp=$(LOGS)/lalm_benchmark_compare_$$ts; \
+	  $(BIN)/lalm-report --plot $$cmp.png $(REPORT_ARGS) $$all | sed -n '/^Comparison/,$$p'; \
+	  $(BIN)/lalm-report --format json $(REPORT_ARGS) $$all > $$cmp.json; \
+	  $(BIN)/lalm-report --format html $(REPORT_ARGS) $$texts $$all > $$cmp.html; \
+	  echo "comparison $$cmp.json, plot $$cmp.png, page $$cmp.html" >&2; \
 	fi
 
 depth: install
