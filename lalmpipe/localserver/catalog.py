@@ -157,7 +157,8 @@ ENGINES = {e.name: e for e in (
            env=(("VLLM_CPU_KVCACHE_SPACE", "1"), ("VLLM_CPU_OMP_THREADS_BIND", "auto"),
                 ("VLLM_NO_USAGE_STATS", "1"), *OFFLINE)),
     Engine("llama-cpp-python", "llama-cpp-python", "llama-cpp-python 0.3.36's server",
-           ("llama-cpp-python[server]==0.3.36",), "gguf", "/v1/models", "built from source once, about 8.5 minutes on 2 cores, 183 MB", 1,
+           ("llama-cpp-python[server]==0.3.36",), "gguf", "/v1/models",
+           "built from source once, about 8.5 minutes on 2 cores, 183 MB", 1,
            build_env=(("CMAKE_BUILD_PARALLEL_LEVEL", "2"),)),
     Engine("transformers", "transformers serve", "transformers 5.24.0 serve (torch CPU)",
            # torch==2.13.0: the CPU build on this machine's disk; any other is a CUDA download of GBs

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import signal
 import subprocess
 
+from ..signals import HANGUP, STOPS, hold, on_stop
 from .catalog import DEFAULT_ENGINE, DEFAULT_MODEL, ENGINE_MODEL, ENGINES, FETCHED, MODELS
 from .fetching import fetch, prepare, say
 from .process import LocalServer, start_background, stop_background, stop_group
@@ -85,7 +85,7 @@ def server_args(args) -> list[str]:
 
 
 # the signals that end a run: Ctrl-C, kill, and the terminal going away
-STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+ENDS = STOPS + HANGUP
 
 
 def run(args) -> int:
@@ -93,18 +93,15 @@ def run(args) -> int:
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     received = []
 
-    def hold() -> None:
-        # from here on the server is being stopped: a second Ctrl-C must not cut that short
-        for s in STOPS:
-            signal.signal(s, signal.SIG_IGN)
-
     def interrupted(signum, frame):
-        hold()
+        hold(ENDS)      # from here on the server is being stopped: a second Ctrl-C must not cut that short
         received.append(signum)
         raise KeyboardInterrupt
-    # explicit, so that a wrapper started in the background (SIGINT ignored) still stops
-    for s in STOPS:
-        signal.signal(s, interrupted)
+    with on_stop(interrupted, ENDS):
+        return _beside(args, cmd, received)
+
+
+def _beside(args, cmd: list[str], received: list[int]) -> int:
     child = None
     try:
         srv = LocalServer(args.model, ctx=args.ctx, extra=server_args(args), port=args.port, engine=args.engine)
@@ -117,7 +114,7 @@ def run(args) -> int:
                 child = subprocess.Popen(cmd, env=env, preexec_fn=os.setpgrp)
                 say(f"{srv.engine.program} ({srv.model.alias}) at {srv.base_url}")
                 code = child.wait()
-                hold()
+                hold(ENDS)
                 return code
             except KeyboardInterrupt:
                 if child is not None:
