@@ -89,3 +89,17 @@ def test_verdicts_in_words():
     assert inference.verdict(0.003, [12, 14]) == "differs (p = 0.003)"
     assert inference.verdict(0.4, [12, 14]) == "no difference detectable with these samples (n = 12, 14; p = 0.4)"
     assert inference.verdict(None, [1, 1]) == "too few samples to compare (n = 1, 1)"
+
+
+def test_the_text_gives_each_share_with_its_interval_and_count():
+    from lalmpipe.render.sentences import memory_lines
+    lines = dict(memory_lines(run(3, K).memory))
+    m = run(3, K).memory
+    o = m.overall
+    assert f"recalled {o.recall:.0%} ({o.ci95[0] * 100:.0f}–{o.ci95[1]:.0%}, n {o.n})" in lines["Recall"]
+    first = m.by_distance[0]
+    assert lines["By distance"].startswith(
+        f"0-1k {first.recall:.0%} ({first.ci95[0] * 100:.0f}–{first.ci95[1]:.0%}, n {first.n})")
+    fit = m.fit
+    lo, hi = fit.distance_50_ci95
+    assert f"below 50 % at {fit.distance_50_tokens:,} tokens back (95 %: {lo:,} to {hi:,})" in lines["Memory curve"]

@@ -92,7 +92,7 @@ def memory_lines(m: Memory | None) -> list[tuple[str, str]]:
                               f"{m.recall_mean:.0%}, first round {share(first.recall, first.n, first.ci95)}; "
                               + (f"effective context {eff:,} tokens (recall >= 90%)" if eff
                                  else "recall never reached 90%")
-                              + (f" ({span(m.effective_context_ci95, ',')} by the rounds' intervals)"
+                              + (f" (95 %: {_effective_span(m.effective_context_ci95)})"
                                  if eff and m.effective_context_ci95 else "")
                               + (f", {rel:,} (>= 85% of the first round)" if rel else "")
                               + window))
@@ -119,6 +119,12 @@ def memory_lines(m: Memory | None) -> list[tuple[str, str]]:
     return out
 
 
+def _effective_span(ci: list[int | None]) -> str:
+    """The effective context's interval: where every round surely, and plausibly, held 90 %."""
+    low, high = ci
+    return f"{'none' if low is None else f'{low:,}'} to {'none' if high is None else f'{high:,}'} tokens"
+
+
 def _bands(rows: list[Band], name, unit: str) -> str:
     return "; ".join(f"{name(b.from_, b.to)} {share(b.recall, b.n, b.ci95)}" for b in rows) + f" [{unit}]"
 
@@ -130,9 +136,12 @@ def _fit_sentence(m: Memory) -> str:
     parts = []
     for level, d, ci in ((90, fit.distance_90_tokens, fit.distance_90_ci95),
                          (50, fit.distance_50_tokens, fit.distance_50_ci95)):
-        where = f"{d:,} tokens back (95 %: {span(ci, ',')})" if d is not None and ci else \
-            f"{d:,} tokens back" if d is not None else "not within the distances measured"
-        parts.append(f"below {level} % at {where}")
+        if d is None:
+            parts.append(f"below {level} %: not within the distances measured")
+            continue
+        bounded = ci is not None and None not in ci
+        parts.append(f"below {level} % at {d:,} tokens back"
+                     + (f" (95 %: {span(ci, ',')})" if bounded else " (95 %: not bounded by these probes)"))
     return ("recall against the distance to the fact, fitted as never rising (" + str(fit.probes)
             + " probes): " + "; ".join(parts) + ". This is how far back the model remembers; the effective "
             "context above is how large a conversation it held while it still did")
