@@ -163,7 +163,10 @@ class Memory(Part):
 
 
 class Depth(Part):
-    """One measured turn of a depth run, as llama-bench reports a depth."""
+    """One measured turn of a depth run, as llama-bench reports a depth. A turn sent
+    several times (lalm-chat --repeat) is one row: `turn` the last sending, after which
+    the probes were asked; its TTFT and speeds the means over the repeats, with their
+    sample standard deviations (None with one repeat)."""
     turn: int
     prompt_id: int | None
     context_tokens: int | None
@@ -177,6 +180,10 @@ class Depth(Part):
     probes: int
     recalled: int
     recall_ci95: tuple[float, float] | None = None
+    ttft_sd: float | None = None
+    prefill_tps_sd: float | None = None
+    decode_tps_sd: float | None = None
+    repeats: int = 1                        # the sendings measured (ok)
 
 
 class RunReport(Part):
@@ -192,7 +199,8 @@ class RunReport(Part):
 
     @property
     def model(self) -> str:
-        return (self.run.model if self.run else None) or "?"
+        """The model measured: as the server served it, else as it was asked for."""
+        return (self.run.served_model or self.run.model if self.run else None) or "?"
 
     @property
     def run_id(self) -> str:

@@ -247,3 +247,21 @@ def test_a_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
     ran = run_main(report.main, ["--plot", str(tmp_path / "run.png")], "")
     assert (ran.code, ran.err) == (1, "lalm-report: error: --plot needs matplotlib, which is not installed: "
                                       "pip install 'lalmpipe[plot]'\n")
+
+
+def test_every_report_names_the_model_the_server_served():
+    served = Run(run_id="r", started_at="t", tool={}, base_url="http://h/v1", model="smollm2-135m",
+                 served_model="qwen2.5-coder-0.5b")
+    other = Run(run_id="s", started_at="t", tool={}, base_url="http://h/v1", model="smollm2-135m")
+    stdin = "".join(json.dumps(r) + "\n" for r in [served.to_dict(), row(1, 1000, 0.2, 50.0).to_dict(),
+                                                  other.to_dict(), Metrics(run_id="s", turn=1).to_dict()])
+    text = run_main(report.main, [], stdin).out
+    assert text.startswith("qwen2.5-coder-0.5b at http://h/v1 (run r)")
+    assert "model               qwen2.5-coder-0.5b  smollm2-135m" in text
+    csv_head = run_main(report.main, ["--depths", "--format", "csv"], stdin).out.splitlines()[1]
+    assert csv_head.startswith("r,qwen2.5-coder-0.5b,warm,")
+    from browser import parse
+    page = parse(run_main(report.main, ["--format", "html"], stdin).out)
+    identity = dict(zip([e.text() for e in page.find("dl", "identity").find_all("dt")],
+                        [e.text() for e in page.find("dl", "identity").find_all("dd")]))
+    assert (identity["model"], identity["model asked for"]) == ("qwen2.5-coder-0.5b", "smollm2-135m")

@@ -27,5 +27,5 @@ def write_depths(reports: list[RunReport], stream) -> None:
     w.writeheader()
     for rep in reports:
         for d in rep.depths:
-            w.writerow({"run_id": rep.run.run_id if rep.run else None, "model": rep.run.model if rep.run else None,
+            w.writerow({"run_id": rep.run.run_id if rep.run else None, "model": rep.model,
                         "prefill": rep.prefill, **msgspec.to_builtins(d)})

@@ -149,7 +149,8 @@ def identity(run: Run | None) -> list[tuple[str, str]]:
         return []
     server = run.server
     window = server.context_window
-    pairs = [("model", run.model), ("base URL", run.base_url),
+    asked = run.model if run.served_model and run.model and run.model != run.served_model else None
+    pairs = [("model", run.served_model or run.model), ("model asked for", asked), ("base URL", run.base_url),
              ("server", " ".join(str(x) for x in (server.software, server.build) if x)),
              ("context window", f"{window:,} tokens" + (f" ({server.context_source})" if server.context_source else "")
               if window else "not told by the server"),

@@ -57,14 +57,22 @@ def _recall_cell(d: Depth) -> str:
     return f"{d.recalled}/{d.probes}" if d.probes else "-"
 
 
+def _spread(field: str) -> Callable[[Depth], str]:
+    """A depth's mean over its repeats and their sd, as llama-bench writes them: "12.669 ± 0.412"."""
+    def write(d: Depth) -> str:
+        spread = getattr(d, field.removesuffix("_s") + "_sd")
+        return cell(getattr(d, field), field) + ("" if spread is None else f" ± {cell(spread, field)}")
+    return write
+
+
 # the depth table: its heading, how to write a row's cell
 DEPTH_COLUMNS: tuple[tuple[str, Callable[[Depth], str]], ...] = (
     ("depth", lambda d: approx(cell(d.context_tokens), d.context_tokens_source == CountSource.ESTIMATE)),
     ("turn", lambda d: cell(d.turn)),
-    (heading("ttft_s"), lambda d: cell(d.ttft_s, "ttft_s")),
-    (heading("prefill_tps"), lambda d: cell(d.prefill_tps, "prefill_tps")),
+    (heading("ttft_s"), _spread("ttft_s")),
+    (heading("prefill_tps"), _spread("prefill_tps")),
     (heading("cached_share"), lambda d: cell(d.cached_share, "cached_share")),
-    (heading("decode_tps"), lambda d: cell(d.decode_tps, "decode_tps")),
+    (heading("decode_tps"), _spread("decode_tps")),
     (heading("reasoning_tokens"), lambda d: cell(d.reasoning_tokens)),
     (heading("recall"), _recall_cell))
 # per run in a comparison of depths: all but the depth and the turn, which the rows give
@@ -119,7 +127,7 @@ def _summary(field: str) -> tuple[str, Callable[[RunReport], str]]:
 
 # a row each: its label, how to write a run's cell
 COMPARE: tuple[tuple[str, Callable[[RunReport], str]], ...] = (
-    ("model", lambda r: cell(r.run.model if r.run else None)),
+    ("model", lambda r: r.model),
     ("server", lambda r: cell((r.run.server.software or r.run.base_url) if r.run else None)),
     ("turns ok", lambda r: f"{r.summary.ok}/{r.summary.turns}"),
     _summary("ttft_mean_s"),
