@@ -55,7 +55,7 @@ def hostile(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile")
     with pytest.MonkeyPatch.context() as env:
         env.delenv("OPENAI_BASE_URL", raising=False)
-        with ForkedServer(_reply) as server:
+        with ForkedServer(_reply, models=[MODEL]) as server:
             ran = run_main(chat.main, ["--base-url", server.base_url, "--model", MODEL, "-q",
                                        "--on-error", "continue", "--system", HOSTILE_TEXT],
                            prompts_jsonl([f"Question {n}: {HOSTILE_TEXT}" for n in (1, 2, 3)]))

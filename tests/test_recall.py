@@ -70,7 +70,7 @@ def test_probes_find_the_effective_context_and_stay_out_of_the_conversation(tmp_
     facts.write_text(json.dumps(FACTS))
     questions = {f["question"] for f in FACTS["facts"]}
     with ForkedServer(scripted_model) as srv:
-        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q", "--probe-every", "2",
+        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "scripted", "-q", "--probe-every", "2",
                                    "--facts", str(facts), "--probe-max-tokens", "20"],
                        prompts_jsonl([f"prompt {i}" for i in range(1, 11)]))
         requests = [r["body"] for r in srv.requests]
@@ -140,7 +140,7 @@ def test_a_model_that_remembers_k_tokens_has_an_effective_context_of_about_k(tmp
     texts = [(f"prompt {i}: remember the number {40 + i}." if i <= 6 else f"prompt {i}.") + " word" * 90
              for i in range(1, 22)]
     with ForkedServer(remembers_last_k) as srv:
-        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q", "--probe-every", "3",
+        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "scripted", "-q", "--probe-every", "3",
                                    "--facts", str(facts)], prompts_jsonl(texts))
     assert ran.code == 0, ran.err
     measured = run_main(metrics.main, [], ran.out)

@@ -54,6 +54,7 @@ def measure(text):
     return [r for r in run_main(metrics.main, [], text).records if r["kind"] == "metrics"]
 
 
+@pytest.mark.timing
 def test_round_trip_keeps_ttft_and_decode_speed(api_key):
     run, turns = recorded(EXAMPLE)
     with open(EXAMPLE) as fp:
@@ -83,6 +84,7 @@ def test_round_trip_keeps_ttft_and_decode_speed(api_key):
     least_timing_errors(replayed, kept)
 
 
+@pytest.mark.timing
 def test_speed_zero_sends_at_once(api_key):
     run, turns = recorded(EXAMPLE)
     proc, url = start_replay(EXAMPLE, "--speed", "0")
@@ -174,7 +176,7 @@ def test_a_turn_redone_after_an_interruption_replays_as_redone(api_key, tmp_path
 
 
 def test_a_cold_run_with_markers_replays_in_step(api_key, tmp_path):
-    argv = ["--model", "m", "-q", "--cold"]
+    argv = ["--model", "scripted", "-q", "--cold"]
     prompts = prompts_jsonl([f"prompt {i}" for i in range(1, 4)])
     with ForkedServer(scripted_model) as srv:
         first = run_main(chat.main, ["--base-url", srv.base_url, *argv], prompts)
@@ -284,7 +286,7 @@ def answers(out):
 
 
 def test_a_probed_run_replays_in_step(api_key, tmp_path):
-    argv = ["--model", "m", "-q", "--probe-every", "2", "--facts", facts_file(tmp_path / "facts.json"),
+    argv = ["--model", "scripted", "-q", "--probe-every", "2", "--facts", facts_file(tmp_path / "facts.json"),
             "--probe-max-tokens", "20"]
     prompts = prompts_jsonl([f"prompt {i}" for i in range(1, 7)])
     with ForkedServer(scripted_model) as srv:
@@ -309,12 +311,12 @@ def test_a_probed_run_replays_in_step(api_key, tmp_path):
 
 def test_a_probe_the_recording_does_not_hold_is_answered_404(api_key, tmp_path):
     with ForkedServer(scripted_model) as srv:
-        first = run_main(chat.main, ["--base-url", srv.base_url, "--model", "m", "-q", "--probe-every", "1",
+        first = run_main(chat.main, ["--base-url", srv.base_url, "--model", "scripted", "-q", "--probe-every", "1",
                                      "--facts", facts_file(tmp_path / "facts.json")], prompts_jsonl(["prompt 1"]))
     recording = tmp_path / "probed.jsonl"
     recording.write_text(first.out)
     other = dict(FACTS, facts=[dict(FACTS["facts"][0], question="What key?")])
-    again, err = rerun(recording, ["--model", "m", "-q", "--probe-every", "1",
+    again, err = rerun(recording, ["--model", "scripted", "-q", "--probe-every", "1",
                                    "--facts", facts_file(tmp_path / "other.json", other)],
                        prompts_jsonl(["prompt 1"]), "--speed", "0")
     named = "no recorded turn answers the prompt 'What key?'"
@@ -324,10 +326,11 @@ def test_a_probe_the_recording_does_not_hold_is_answered_404(api_key, tmp_path):
     assert [(p["status"], p["http_status"], p["error"]["message"]) for p in probes] == [("error", 404, named)]
 
 
+@pytest.mark.timing
 def test_a_recorded_stall_replays_as_a_stall(api_key, tmp_path):
     stall = stream("plain", n_content=30, ttft_s=0.02, rate_tps=500)[0]
     stall.events = stall.events[:5] + [(30.0, stall.events[5][1])]
-    argv = ["--model", "m", "-q", "--stall-timeout", "0.5"]
+    argv = ["--model", "scripted", "-q", "--stall-timeout", "0.5"]
     prompts = prompts_jsonl(["first", "second"])
     with ForkedServer(lambda i, b: stream("plain", n_content=3, ttft_s=0.01)[0] if i == 0 else stall) as srv:
         first = run_main(chat.main, ["--base-url", srv.base_url, *argv], prompts)
@@ -354,6 +357,7 @@ def test_a_timeout_replays_as_silence_and_a_lost_connection_as_a_reset():
     assert script_from_record(turn(http_status=None, error=lost)).end == "reset"
 
 
+@pytest.mark.timing
 def test_a_stall_held_open_ends_with_the_server():
     server = ReplayServer(lambda i, b: Script(events=[(0, b"data: {}\n\n")], end="stall"), model="m")
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
