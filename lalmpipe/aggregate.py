@@ -9,7 +9,7 @@ from typing import Callable, Iterable, Sequence
 import msgspec
 
 from .records import Metrics, Recall, Run
-from .stats import mean, percentile, r3, r6, slope
+from .stats import mean, percentile, r3, r6, sd, slope
 from .inference import memory_curve, slope_interval, wilson
 from .results import (Band, Ceiling, Cell, Depth, Memory, MemoryFit, Reasoning, Round, RuleBreak, RunReport, Share,
                       SpeedBand, Summary, Tier)
@@ -327,14 +327,35 @@ def depths(rows: list[Metrics], recalls: list[Recall]) -> list[Depth]:
     """One row per measured turn, in the form of llama-bench's depth runs: the
     context it was sent at, its prefill and decode speed, the share of the
     prompt the server's cache served, its reasoning, and the recall of the
-    probes asked after it (every fact stated so far, whatever its age)."""
+    probes asked after it (every fact stated so far, whatever its age). A turn
+    sent several times (--repeat) is one row: the mean and sd over its repeats."""
     asked = _by_round(recalls)
-    return [Depth(turn=r.turn, prompt_id=r.prompt_id, context_tokens=r.context_tokens,
-                  context_tokens_source=r.context_tokens_source, context_tokens_est=r.context_tokens_est,
-                  ttft_s=r.ttft_s, prefill_tps=r.prefill_tps,
-                  cached_share=r3(_ratio(r.cached_tokens, r.prompt_tokens)) if cache_counted(r) else None,
-                  decode_tps=r.decode_tps, reasoning_tokens=r.reasoning_tokens,
-                  probes=len(asked.get(r.turn, [])), recalled=sum(1 for p in asked.get(r.turn, []) if p.correct),
-                  recall_ci95=wilson(sum(1 for p in asked.get(r.turn, []) if p.correct), len(asked.get(r.turn, []))))
-            for r in _ok(rows)]
+    return [_depth(rs, asked.get(rs[-1].turn, [])) for rs in _repeats(_ok(rows))]
+
+
+def _repeats(ok: list[Metrics]) -> list[list[Metrics]]:
+    """The rows in order, the repeats of one prompt (lalm-chat --repeat) together."""
+    groups: dict[tuple, list[Metrics]] = {}
+    for r in ok:
+        groups.setdefault(("turn", r.turn) if r.repeat is None else ("prompt", r.prompt_id), []).append(r)
+    return list(groups.values())
+
+
+def _depth(rs: list[Metrics], probes: list[Recall]) -> Depth:
+    last = rs[-1]       # the sending after which the probes were asked
+    ttft, prefill, decode = ([getattr(r, k) for r in rs if getattr(r, k) is not None]
+                             for k in ("ttft_s", "prefill_tps", "decode_tps"))
+    cached = [r for r in rs if cache_counted(r)]
+    reasoning = [r.reasoning_tokens for r in rs if r.reasoning_tokens is not None]
+    recalled = sum(1 for p in probes if p.correct)
+    return Depth(turn=last.turn, prompt_id=last.prompt_id, context_tokens=last.context_tokens,
+                 context_tokens_source=last.context_tokens_source, context_tokens_est=last.context_tokens_est,
+                 ttft_s=r6(mean(ttft)), prefill_tps=r3(mean(prefill)),
+                 cached_share=r3(_ratio(_total(cached, "cached_tokens"), _total(cached, "prompt_tokens")))
+                 if cached else None,
+                 decode_tps=r3(mean(decode)),
+                 reasoning_tokens=round(sum(reasoning) / len(reasoning)) if reasoning else None,
+                 probes=len(probes), recalled=recalled, recall_ci95=wilson(recalled, len(probes)),
+                 ttft_sd=r6(sd(ttft)), prefill_tps_sd=r3(sd(prefill)), decode_tps_sd=r3(sd(decode)),
+                 repeats=len(rs))
 

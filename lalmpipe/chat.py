@@ -36,6 +36,7 @@ from .transport import DEFAULT_BASE_URL, Transport, check_base_url
 
 PROG = "lalm-chat"
 BASE_URL_VAR = "OPENAI_BASE_URL"
+PROBE_FORMS = 2     # wordings of each fact a probe round asks, against the same cached prefix
 
 
 def new_run(args, model: str, server: Server, base_url: str, memory: dict | None, history) -> Run:
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "lalm-prompts | lalm-chat --output run.jsonl --probe-every 10 > /dev/null",
                     "lalm-prompts | lalm-chat --output run.jsonl --resume   # after an interruption",
                     "lalm-prompts | lalm-chat --history other.jsonl --at 50,100,200 --cold --probe-every 1",
+                    "lalm-prompts | lalm-chat --history other.jsonl --every 50 --repeat 3 > depths.jsonl",
                     "",
                     "environment: OPENAI_BASE_URL, OPENAI_API_KEY (sent as a Bearer token, "
                     "never written anywhere)"])
@@ -116,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the bundled facts)")
     p.add_argument("--probe-max-tokens", type=positive_int, default=DEFAULT_SETTINGS.probe_max_tokens, metavar="N",
                    help="max_tokens of a probe (default: %(default)s)")
+    p.add_argument("--probe-forms", type=positive_int, default=PROBE_FORMS, metavar="N",
+                   help="ask each fact in its first N wordings (its question, then its questions; "
+                        "default: %(default)s)")
     p.add_argument("--history", dest="history_file", metavar="RECORDING",
                    help="the history's answers come from this lalm-chat recording (matched by prompt "
                         "id), not from the model: every model is sent the same messages")
@@ -124,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "enter the history from the recording unsent")
     p.add_argument("--every", type=positive_int, metavar="K",
                    help="with --history, send only every K-th prompt (with --at: those too)")
+    p.add_argument("--repeat", type=positive_int, metavar="N",
+                   help="with --at or --every, send each chosen turn N times (each recorded; the "
+                        "history takes it once) for the mean and sd of its speed (default: 1)")
     p.add_argument("--cold", action="store_true",
                    help="make every turn sent a full prefill (llama.cpp: cache_prompt false; "
                         "elsewhere a unique first line)")
@@ -173,6 +181,9 @@ def _run(args, stdin, stdout, stderr) -> int:
     if (args.at or args.every) and not args.history_file:
         raise UsageError("--at and --every need --history RECORDING: the answers of the "
                          "turns not sent would not exist")
+    if args.repeat is not None and not (args.at or args.every):
+        raise UsageError("--repeat needs --at or --every: it sends each chosen turn again")
+    args.repeat = args.repeat or 1
     if args.resume and not args.output:
         raise UsageError("--resume needs --output FILE")
     base_url = base_url_of(args)

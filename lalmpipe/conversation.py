@@ -156,24 +156,28 @@ class Chat:
 
     def turns(self, prompts: Iterable[Prompt], first_turn: int = 1) -> Iterator[Turn | Probe]:
         n, every, skipped = first_turn, self.settings.probe_every, []
+        # with chosen turns (--at, --every), each is sent --repeat times; only the last enters the history
+        repeats = self.settings.repeat if self.plan and self.plan.selective else 1
         for prompt in prompts:
             self.interrupts.check()
             if self.plan and not self.plan.sends(prompt.id):
                 skipped.append(self.enter_unsent(n, prompt))
                 n += 1
                 continue
-            record = self.one_turn(n, prompt, skipped)
-            skipped = []
-            yield record
-            if record.status == STATUS_INTERRUPTED:
-                raise KeyboardInterrupt
-            if record.status == STATUS_OK and every and self._probes_due(n, prompt):
-                yield from self.probe_round(n)
-            if record.status != STATUS_OK and self.settings.on_error == "stop":
-                self.progress.say(f"stopping at turn {n}: {record.error.kind}: "
-                                  f"{record.error.message} (--on-error continue goes on)")
-                return
-            n += 1
+            for k in range(1, repeats + 1):
+                record = self.one_turn(n, prompt, skipped, repeat=k if repeats > 1 else None,
+                                       enters=k == repeats)
+                skipped = []
+                yield record
+                if record.status == STATUS_INTERRUPTED:
+                    raise KeyboardInterrupt
+                if record.status != STATUS_OK and self.settings.on_error == "stop":
+                    self.progress.say(f"stopping at turn {n}: {record.error.kind}: "
+                                      f"{record.error.message} (--on-error continue goes on)")
+                    return
+                n += 1
+            if record.status == STATUS_OK and every and self._probes_due(n - 1, prompt):
+                yield from self.probe_round(n - 1)
 
     def _probes_due(self, n: int, prompt: Prompt) -> bool:
         # with chosen turns, after every K-th of those sent; else after every K-th turn
@@ -186,7 +190,10 @@ class Chat:
         self.conversation.add_answer(prompt.id, prompt.text, answer)
         return Exchange(turn=n, prompt=prompt.ref(), answer=answer)
 
-    def one_turn(self, n: int, prompt: Prompt, skipped: list[Exchange] = ()) -> Turn:
+    def one_turn(self, n: int, prompt: Prompt, skipped: list[Exchange] = (), repeat: int | None = None,
+                 enters: bool = True) -> Turn:
+        """Send a prompt over the history; unless it is a repeat before the last (`enters`
+        false), its exchange then enters the history."""
         cold = cold_way(self.run.server.software) if self.settings.cold else None
         marker = cold_marker(self.run.run_id, n) if cold == COLD_MARKER else None
         body = {"model": self.run.model, "messages": self.conversation.request(prompt.text, marker),
@@ -199,12 +206,13 @@ class Chat:
         view = read_stream(att.chunks)
         status, error = outcome.classify(att.http_status, att.body, att.failure, view,
                                          self.run.server.context_window)
-        recorded = self._enter(prompt, status, view)
+        recorded = self._enter(prompt, status, view) if enters else None
         record = Turn(run_id=self.run.run_id, turn=n, prompt=prompt.ref(), sent_at=sent_at,
                       status=status, http_status=att.http_status, error=error, attempts=attempts,
                       connection=att.connection, chunks=att.chunks, content=view.content, reasoning=view.reasoning,
                       cold=cold, marker=marker, history=recorded, skipped=list(skipped),
-                      base_url=None if self.transport.base_url == self.run.base_url else self.transport.base_url)
+                      base_url=None if self.transport.base_url == self.run.base_url else self.transport.base_url,
+                      repeat=repeat)
         self.progress.end_turn(record)
         return record
 
@@ -264,17 +272,25 @@ class Chat:
             att.failure = INTERRUPTED
             return att, requests
 
+    def asked(self) -> list[tuple[Fact, int, str]]:
+        """The questions of a probe round: each fact stated so far in its first
+        --probe-forms wordings (those it has), as (fact, form, question), form by form."""
+        stated = [f for f in self.facts if f.stated_in in self.conversation.answered]
+        forms = max(len(f.wordings) for f in stated) if stated else 0
+        return [(f, k, f.wordings[k]) for k in range(min(forms, self.settings.probe_forms))
+                for f in stated if k < len(f.wordings)]
+
     def probe_round(self, after_turn: int) -> Iterator[Probe]:
-        """Ask each fact stated so far, each in a request of its own that the
+        """Ask each fact stated so far, each wording in a request of its own that the
         conversation never sees (the history and its prefix cache stay as they are)."""
-        asked = [f for f in self.facts if f.stated_in in self.conversation.answered]
+        asked = self.asked()
         t_start = time.monotonic()
-        for k, fact in enumerate(asked, 1):
+        for k, (fact, form, question) in enumerate(asked, 1):
             self.interrupts.check()
             self.progress.start_probe(after_turn, k, len(asked))
             body = {"model": self.run.model, **self.params,
                     "max_tokens": self.settings.probe_max_tokens,
-                    "messages": self.conversation.messages + [{"role": "user", "content": fact.question}]}
+                    "messages": self.conversation.messages + [{"role": "user", "content": question}]}
             sent_at = now_iso()
             try:
                 with self.interrupts.waiting():
@@ -286,7 +302,7 @@ class Chat:
                                              self.run.server.context_window)
             yield Probe(run_id=self.run.run_id, after_turn=after_turn, fact=fact, sent_at=sent_at,
                         status=status, http_status=att.http_status, error=error, chunks=att.chunks,
-                        content=view.content, connection=att.connection)
+                        content=view.content, connection=att.connection, form=form, question=question)
             if status == STATUS_INTERRUPTED:
                 raise KeyboardInterrupt
         if asked:

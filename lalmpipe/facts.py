@@ -16,7 +16,8 @@ DEFAULT_FACTS = bundled("lalm_facts.json")
 
 
 def load_facts(path=DEFAULT_FACTS) -> dict:
-    """Load and check a facts file: {rule: {text, check}, facts: [Fact]} (the module docstring)."""
+    """Load and check a facts file: {rule: {text, check}, facts: [Fact]} (lalmpipe.recall's
+    docstring); a fact's `questions` are other wordings of its `question`."""
     try:
         with open_text(path) as fp:
             doc = json.load(fp)
@@ -47,6 +48,9 @@ def load_facts(path=DEFAULT_FACTS) -> dict:
 
 
 def _check_fact(path: str, fact: Fact) -> None:
+    blank = next((k for k, q in enumerate(fact.questions) if not q.strip()), None)
+    if blank is not None:
+        raise InputError(f"{path}: fact {fact.id}: its questions[{blank}] is empty")
     try:
         expected = items(fact)
     except ValueError as e:

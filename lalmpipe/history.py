@@ -23,8 +23,10 @@ from .records import STATUS_OK, Exchange, HistorySource, Prompt, Turn
 
 def own_answer(turn: Turn, view, keep_reasoning: bool) -> str | None:
     """The answer a turn put into the history after its prompt: the
-    recording's with --history, else its own stream's when it succeeded."""
-    if turn.history is not None:
+    recording's with --history, else its own stream's when it succeeded.
+    A repeat (--repeat, always over a --history) put in only the answer it
+    names: the last one sent names it, the others none."""
+    if turn.history is not None or turn.repeat is not None:
         return turn.history
     return view.history_text(keep_reasoning) if turn.status == STATUS_OK else None
 

@@ -31,7 +31,10 @@ class Ledger:
         self.history_tokens = _add(_count(settings.system or ""), _count(rule.get("text") or ""))
         self.prev_prompt_tokens: int | None = None     # the last whole prompt the server counted
         self.prev_request_tokens: int | None = None
-        self.asked_at: dict[int, tuple[int, int | None]] = {}   # prompt id -> (turn, tokens before it)
+        # prompt id -> (turn, tokens before it, repeats that had entered nothing before it)
+        self.asked_at: dict[int, tuple[int, int | None, int]] = {}
+        # sendings of a chosen turn again (--repeat): numbered turns that are not the conversation's
+        self.repeats_unentered = 0
 
     def measure(self, turn: Turn) -> Metrics:
         for ex in turn.skipped:     # in the history, never sent
@@ -54,11 +57,14 @@ class Ledger:
             self.prev_request_tokens = request_tokens
         if entered is not None:
             self._enter(turn.prompt.id, turn.turn, prompt_n, answer_n)
+        elif turn.repeat is not None:
+            self.repeats_unentered += 1
+        row.repeat = turn.repeat
         return row
 
     def _enter(self, prompt_id: int, turn: int, prompt_n: int | None, answer_n: int | None) -> None:
         """A prompt and its answer join the history the next request carries."""
-        self.asked_at[prompt_id] = (turn, self.history_tokens)
+        self.asked_at[prompt_id] = (turn, self.history_tokens, self.repeats_unentered)
         self.history_tokens = _add(self.history_tokens, _add(prompt_n, answer_n))
 
     def score(self, probe: Probe) -> Recall:
@@ -68,8 +74,9 @@ class Ledger:
         usage = view.usage or {}
         p = usage.get("prompt_tokens")
         partial = measure.partial_prompt_count(p, None, self.prev_prompt_tokens)
-        asked = _add(self.history_tokens, _count(probe.fact.question))
+        asked = _add(self.history_tokens, _count(probe.asked))
         return Recall(run_id=probe.run_id, after_turn=probe.after_turn, fact_id=probe.fact.id,
+                      form=probe.form, question=probe.asked,
                       expected=probe.fact.answer, answer=view.content,
                       correct=probe.status == STATUS_OK and recall.correct(view.content, probe.fact),
                       status=probe.status,
@@ -82,10 +89,12 @@ class Ledger:
         """How far back the fact was stated: turns and tokens, and its depth in the context."""
         if probe.fact.stated_in not in self.asked_at:
             return {}
-        turn, before = self.asked_at[probe.fact.stated_in]
+        turn, before, repeats = self.asked_at[probe.fact.stated_in]
         now = self.history_tokens
         since = None if now is None or before is None else now - before
-        return {"stated_turn": turn, "turns_since_stated": probe.after_turn - turn,
+        # in turns of the conversation: a turn sent again (--repeat) is one turn of it
+        turns_since = probe.after_turn - turn - (self.repeats_unentered - repeats)
+        return {"stated_turn": turn, "turns_since_stated": turns_since,
                 "tokens_since_stated": since,
                 "depth": None if since is None or not now else round(before / now, 4)}
 

@@ -131,6 +131,12 @@ class Fact(Struct):
     answer: str
     expect: list[dict] = []
     besides: list[str] = []
+    questions: list[str] = []   # other wordings of the question, asking the same value
+
+    @property
+    def wordings(self) -> list[str]:
+        """Every wording of its question: form 0 is `question`, then `questions` in order."""
+        return [self.question, *self.questions]
 
 
 class Settings(Struct):
@@ -152,6 +158,9 @@ class Settings(Struct):
     at: list[int] | None = None         # only these prompt ids are sent; the others enter the history
     every: int | None = None            # only every K-th prompt is sent
     cold: bool = False                  # every turn sent is a full prefill
+    # a run recorded before these asked each fact in one wording, and sent each turn once
+    probe_forms: int = 1                # each fact asked in its first N wordings
+    repeat: int = 1                     # each chosen turn sent N times (--at, --every)
 
     @classmethod
     def from_args(cls, args) -> "Settings":
@@ -230,6 +239,8 @@ class Turn(Record):
     # where it was sent when not to the run record's base_url: a resumed run gone on
     # against the same model at a new URL (a restarted server on another port)
     base_url: str | None = None
+    # which sending of its prompt it was (--repeat): 1..N, the last one entering the history
+    repeat: int | None = None
 
     def __post_init__(self):
         _check_chunks(self.chunks)
@@ -272,6 +283,7 @@ class Metrics(Record):
     context_tokens_est: int | None = None
     context_tokens_source: CountSource | None = None    # the server's, or the client's cl100k estimate
     overflow_tokens: int | None = None          # the request's size by the server's count, as it refused it
+    repeat: int | None = None                   # its turn's (--repeat)
 
 
 class Probe(Record):
@@ -287,9 +299,16 @@ class Probe(Record):
     connection: str | None = None
     chunks: list = []
     content: str = ""
+    form: int = 0                   # the wording asked: 0 the fact's `question`, k its `questions`[k - 1]
+    question: str | None = None     # the text sent (None in older recordings: the `question`)
 
     def __post_init__(self):
         _check_chunks(self.chunks)
+
+    @property
+    def asked(self) -> str:
+        """The question the probe sent."""
+        return self.fact.question if self.question is None else self.question
 
 
 class Recall(Record):
@@ -311,6 +330,8 @@ class Recall(Record):
     turns_since_stated: int | None = None
     tokens_since_stated: int | None = None
     depth: float | None = None
+    form: int = 0                   # its probe's
+    question: str | None = None
 
 
 KINDS: dict[str, type[Record]] = {cls.KIND: cls for cls in (Prompt, Run, Turn, Metrics, Probe, Recall)}
@@ -318,14 +339,14 @@ KINDS: dict[str, type[Record]] = {cls.KIND: cls for cls in (Prompt, Run, Turn, M
 
 def identity(record: Record) -> tuple | None:
     """What makes a record one of a kind: a run by its id, a turn (or its metrics) by its
-    run and number, a probe (or its recall) by its run, turn and fact; None for a prompt."""
+    run and number, a probe (or its recall) by its run, turn, fact and form; None for a prompt."""
     if isinstance(record, Run):
         return ("run", record.run_id)
     if isinstance(record, (Turn, Metrics)):
         return (record.KIND, record.run_id, record.turn)
     if isinstance(record, (Probe, Recall)):
         fact = record.fact.id if isinstance(record, Probe) else record.fact_id
-        return (record.KIND, record.run_id, record.after_turn, fact)
+        return (record.KIND, record.run_id, record.after_turn, fact, record.form)
     return None
 
 

@@ -322,7 +322,7 @@ def load_recording(inputs, stdin) -> Recording:
         if isinstance(rec, Run):
             run = run or rec
         elif isinstance(rec, Probe):
-            requests.append(((*asked.get(rec.run_id, ()), rec.fact.question), rec))
+            requests.append(((*asked.get(rec.run_id, ()), rec.asked), rec))
         elif isinstance(rec, Turn):
             before = asked.get(rec.run_id, ())
             requests.append(((*before, *(ex.prompt.text for ex in rec.skipped), rec.prompt.text), rec))

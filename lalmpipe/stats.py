@@ -31,6 +31,11 @@ def mean(values: Sequence[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def sd(values: Sequence[float]) -> float | None:
+    """The sample standard deviation (n - 1), as llama-bench gives it; None below two values."""
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
 def slope(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     """Least-squares slope of ys against xs (None with fewer than two distinct xs)."""
     try:

@@ -42,11 +42,25 @@ def test_the_scan_reads_every_written_form():
     assert not found(recall.value_forms(rate), "a 480-tap FIR at 44.1 kHz")
 
 
-def test_no_question_holds_its_answer():
+def test_no_wording_of_a_question_holds_its_answer():
     for fact in FACTS:
-        assert not found(recall.value_forms(fact), fact.question), fact.id
-        assert not recall.correct(fact.question, fact), fact.id
-        assert fact.question.startswith("Quick check from earlier, answer in a few words: "), fact.id
+        for k, question in enumerate(fact.wordings):
+            assert not found(recall.value_forms(fact), question), (fact.id, k)
+            assert not recall.correct(question, fact), (fact.id, k)
+            assert question.startswith("Quick check from earlier, answer in a few words: "), (fact.id, k)
+
+
+def test_every_fact_can_be_asked_in_a_second_wording_of_its_own():
+    asked = [q.removeprefix("Quick check from earlier, answer in a few words: ") for f in FACTS for q in f.wordings]
+    assert all(len(f.wordings) >= 2 for f in FACTS)
+    assert len(set(asked)) == len(asked)            # no wording twice, of one fact or of two
+
+
+def test_the_scan_would_catch_a_wording_that_gives_the_value_away():
+    ceiling = next(f for f in FACTS if f.id == "limiter_ceiling")
+    assert found(recall.value_forms(ceiling), "was the limiter ceiling minus one point three dBTP?")
+    tempo = next(f for f in FACTS if f.id == "tempo")
+    assert recall.correct("Quick check from earlier: is my track at ninety-two BPM?", tempo)
 
 
 def test_facts_are_many_and_spread_over_the_conversation():

@@ -2,18 +2,21 @@
 full prefills (--cold) and probes at depth, against scripted servers whose
 requests are the truth."""
 import json
+import statistics
 
 import pytest
 
 from browser import parse
 from conftest import prompts_jsonl, run_main
-from lalmpipe import chat, metrics, report, tokens
+from lalmpipe import aggregate, chat, metrics, report, tokens
 from lalmpipe.history import digest
+from lalmpipe.records import Metrics, Recall
 from lalmpipe.render.sentences import history_sentence
-from lalmpipe.render.tables import depth_comparison, depth_rows, depth_title
+from lalmpipe.render.tables import DEPTH_COLUMNS, depth_comparison, depth_rows, depth_title
 from lalmpipe.results import load
 from lalmpipe.replay import Script
-from scripted import FACTS, ForkedServer, scripted_model, sse
+from lalmpipe.vocab import CountSource
+from scripted import FACTS, ForkedServer, scripted_model, sse, stream
 
 PROMPTS = [f"Question number {i} about the mix?" for i in range(1, 11)]
 LLAMA_CPP = {"/props": {"default_generation_settings": {"n_ctx": 8192}}}
@@ -363,7 +366,7 @@ def test_runs_over_one_history_are_compared_depth_by_depth(recording, facts):
     csv_rows = run_main(report.main, ["--depths", "--format", "csv"], cold + warm).out.splitlines()
     assert csv_rows[0] == ("run_id,model,prefill,turn,prompt_id,context_tokens,context_tokens_source,"
                            "context_tokens_est,ttft_s,prefill_tps,cached_share,decode_tps,reasoning_tokens,"
-                           "probes,recalled,recall_ci95")
+                           "probes,recalled,recall_ci95,ttft_sd,prefill_tps_sd,decode_tps_sd,repeats")
     assert [row.split(",")[:8] for row in csv_rows[1:]] == [
         [run, "scripted", kind, str(r["turn"]), str(r["turn"]), str(r["context_tokens"]), "server",
          str(r["context_tokens_est"])]
@@ -424,3 +427,136 @@ def test_depths_a_server_did_not_count_are_the_clients_marked_as_estimates(recor
     assert [row[:2] for row in depths] == [[f"≈ {r['context_tokens_est']}", str(r["turn"])] for r in rows]
     turns = [[c.text() for c in d.find("summary").find_all("span")] for d in page.find_all("details", "turn")]
     assert [row[2] for row in turns] == [f"≈ {r['context_tokens_est']}" for r in rows]
+
+
+# ---- repeats at depth (--repeat) ----
+
+def test_repeat_sends_each_chosen_turn_n_times_and_the_history_takes_it_once(recording):
+    path, recorded = recording
+    with ForkedServer(model("B")) as srv:
+        ran, requests = chat_with(srv, "--history", str(path), "--at", "3,6", "--repeat", "3")
+    assert ran.code == 0, ran.err
+    assert ran.records[0]["settings"]["repeat"] == 3
+    bodies = [json.dumps(r["body"]) for r in requests]
+    assert len(bodies) == 6 and bodies[0] == bodies[1] == bodies[2] and bodies[3] == bodies[4] == bodies[5]
+    # after the repeats the conversation goes on as if prompt 3 had been sent once
+    assert assistants(requests[3]) == recorded[:5]
+    assert [m["content"] for m in requests[3]["body"]["messages"] if m["role"] == "user"] == PROMPTS[:6]
+    turns = [t for t in ran.records if t["kind"] == "turn"]
+    assert [(t["turn"], t["prompt"]["id"], t["repeat"], t["history"], [s["turn"] for s in t["skipped"]])
+            for t in turns] == [(3, 3, 1, None, [1, 2]), (4, 3, 2, None, []), (5, 3, 3, recorded[2], []),
+                                (8, 6, 1, None, [6, 7]), (9, 6, 2, None, []), (10, 6, 3, recorded[5], [])]
+    assert [t["content"] for t in turns] == [f"B answers request {i}" + " at length" * ((i - 1) % 3)
+                                             for i in range(1, 7)]       # each sending's own answer
+    rows, _ = measured(ran)
+    assert [(r["turn"], r["prompt_id"], r["repeat"]) for r in rows] == [
+        (3, 3, 1), (4, 3, 2), (5, 3, 3), (8, 6, 1), (9, 6, 2), (10, 6, 3)]
+    # the client's count of each request follows what was sent: the history entered once
+    assert [r["context_tokens_est"] for r in rows] == [sent_tokens(q, t["content"]) for q, t in zip(requests, turns)]
+
+
+@pytest.mark.parametrize("routes, way", [(LLAMA_CPP, "cache_prompt"), ({}, "marker")])
+def test_cold_repeats_are_each_a_full_prefill(recording, routes, way):
+    path, _ = recording
+    with ForkedServer(model("B"), routes=routes) as srv:
+        ran, requests = chat_with(srv, "--history", str(path), "--at", "4", "--repeat", "3", "--cold")
+    assert ran.code == 0, ran.err
+    run, turns = ran.records[0], [t for t in ran.records if t["kind"] == "turn"]
+    assert [(t["turn"], t["repeat"], t["cold"]) for t in turns] == [(4, 1, way), (5, 2, way), (6, 3, way)]
+    firsts = [r["body"]["messages"][0]["content"] for r in requests]
+    if way == "cache_prompt":
+        assert all(r["body"]["cache_prompt"] is False for r in requests) and firsts == [PROMPTS[0]] * 3
+    else:       # a fresh marker each time: no sending can be served from another's cache
+        assert [t["marker"] for t in turns] == [f"[{run['run_id']}/{n}]\n" for n in (4, 5, 6)]
+        assert firsts == [t["marker"] + PROMPTS[0] for t in turns]
+    assert len({json.dumps(r["body"]["messages"][1:]) for r in requests}) == 1     # otherwise the same request
+
+
+def test_probes_follow_the_last_repeat_and_count_turns_of_the_conversation(recording, facts):
+    path, recorded = recording
+    with ForkedServer(model("B")) as srv:
+        ran, requests = chat_with(srv, "--history", str(path), "--at", "3,6", "--repeat", "2", "--probe-every", "1",
+                                  "--facts", str(facts))
+    assert ran.code == 0, ran.err
+    kinds = [(r["kind"], r.get("turn") or r.get("after_turn")) for r in ran.records[1:]]
+    assert kinds == [("turn", 3), ("turn", 4), ("probe", 4), ("probe", 4),
+                     ("turn", 7), ("turn", 8), ("probe", 8), ("probe", 8)]
+    assert all(assistants(requests[i]) == recorded[:3] for i in (2, 3))      # over prompt 3 entered once
+    rows, out = measured(ran)
+    recalls = [r for r in out.records if r["kind"] == "recall"]
+    # as far back as in a run that sent each turn once (turns 3 and 6)
+    assert [(r["fact_id"], r["stated_turn"], r["turns_since_stated"]) for r in recalls] == [
+        ("tempo", 1, 2), ("bins", 2, 1), ("tempo", 1, 5), ("bins", 2, 4)]
+    exchange = [tokens.count(p) + tokens.count(a) for p, a in zip(PROMPTS, recorded)]
+    assert [r["tokens_since_stated"] for r in recalls] == [
+        sum(exchange[:3]), sum(exchange[1:3]), sum(exchange[:6]), sum(exchange[1:6])]
+    doc = json.loads(run_main(report.main, ["--format", "json"], out.out).out)
+    assert [(d["turn"], d["prompt_id"], d["repeats"], d["probes"]) for d in doc["depths"]] == [
+        (4, 3, 2, 2), (8, 6, 2, 2)]
+
+
+TTFT_S = (0.1, 0.4, 0.7)
+
+
+def timed(i, body):
+    """The k-th sending of a turn has its first token after TTFT_S[k] and decodes at (k + 1) x 100 tok/s."""
+    return stream("plain", n_content=8, ttft_s=TTFT_S[i % 3], rate_tps=100.0 * (1 + i % 3),
+                  prompt_tokens=400 + 300 * (i // 3))[0]
+
+
+def mean_sd(rows, field, places):
+    values = [r[field] for r in rows]
+    return round(statistics.fmean(values), places), round(statistics.stdev(values), places)
+
+
+def test_the_depth_table_gives_the_mean_and_sd_of_each_turns_repeats(recording):
+    with ForkedServer(timed) as srv:
+        ran, _ = chat_with(srv, "--history", str(recording[0]), "--at", "3,6", "--repeat", "3")
+    assert ran.code == 0, ran.err
+    rows, out = measured(ran)
+    ttft = [r["ttft_s"] for r in rows]
+    assert ttft[0] < ttft[1] < ttft[2] and ttft[3] < ttft[4] < ttft[5]        # as scheduled
+    doc = json.loads(run_main(report.main, ["--format", "json"], out.out).out)
+    stats = [{"ttft": mean_sd(rs, "ttft_s", 6), "prefill": mean_sd(rs, "prefill_tps", 3),
+              "decode": mean_sd(rs, "decode_tps", 3)} for rs in (rows[:3], rows[3:])]
+    assert [(d["turn"], d["prompt_id"], d["repeats"], d["context_tokens"], (d["ttft_s"], d["ttft_sd"]),
+             (d["prefill_tps"], d["prefill_tps_sd"]), (d["decode_tps"], d["decode_tps_sd"]))
+            for d in doc["depths"]] == [(r["turn"], r["prompt_id"], 3, r["context_tokens"], s["ttft"], s["prefill"],
+                                         s["decode"]) for r, s in zip((rows[2], rows[5]), stats)]
+    assert 0.15 < doc["depths"][0]["ttft_sd"] < 0.6                       # the schedule's 0.3 s spread
+    text = run_main(report.main, [], out.out).out
+    table = text.split("after the turn)\n\n")[1].split("\n\n")[0].splitlines()
+    cells = [[f"{s['ttft'][0]:.3f} ± {s['ttft'][1]:.3f}", f"{s['prefill'][0]:.1f} ± {s['prefill'][1]:.1f}",
+              f"{s['decode'][0]:.1f} ± {s['decode'][1]:.1f}"] for s in stats]
+    assert [" ".join(line.split()) for line in table[1:]] == [
+        f"{r['context_tokens']} {r['turn']} {c[0]} {c[1]} 0% {c[2]} 0 -" for r, c in zip((rows[2], rows[5]), cells)]
+    md = run_main(report.main, ["--format", "markdown"], out.out).out
+    assert (f"| {rows[2]['context_tokens']} | {rows[2]['turn']} | {cells[0][0]} | {cells[0][1]} | 0% "
+            f"| {cells[0][2]} |") in md
+
+
+def test_the_depth_of_a_turn_sent_three_times_by_hand():
+    def row(turn, repeat, ttft, prefill, decode, cached, prompt_id=3):
+        return Metrics(run_id="r", turn=turn, prompt_id=prompt_id, repeat=repeat, ttft_s=ttft, prefill_tps=prefill,
+                       decode_tps=decode, prompt_tokens=1000, cached_tokens=cached, reasoning_tokens=2 * turn,
+                       context_tokens=1000 + turn, context_tokens_source=CountSource.SERVER)
+    rows = [row(3, 1, 1.0, 100.0, 10.0, 0), row(4, 2, 1.2, 120.0, 10.0, 500), row(5, 3, 1.4, 140.0, 13.0, 1000),
+            row(8, None, 2.0, 50.0, 8.0, 0, prompt_id=6)]
+    asked = [Recall(run_id="r", after_turn=5, fact_id="x", expected="1", answer="1", correct=True)]
+    three, once = aggregate.depths(rows, asked)
+    assert (three.turn, three.prompt_id, three.repeats, three.context_tokens, three.probes, three.recalled) == (
+        5, 3, 3, 1005, 1, 1)
+    assert (three.ttft_s, three.ttft_sd, three.prefill_tps, three.prefill_tps_sd) == (1.2, 0.2, 120.0, 20.0)
+    assert (three.decode_tps, three.decode_tps_sd) == (11.0, 1.732)            # sd: sqrt((1 + 1 + 4) / 2)
+    assert (three.cached_share, three.reasoning_tokens) == (0.5, 8)            # 1,500 of 3,000 prompt tokens
+    assert [get(three) for _, get in DEPTH_COLUMNS] == [
+        "1005", "5", "1.200 ± 0.200", "120.0 ± 20.0", "50%", "11.0 ± 1.7", "8", "1/1"]
+    assert (once.turn, once.repeats, once.ttft_s, once.ttft_sd, once.decode_tps_sd) == (8, 1, 2.0, None, None)
+    assert [get(once) for _, get in DEPTH_COLUMNS][2:4] == ["2.000", "50.0"]
+
+
+@pytest.mark.parametrize("flags", [["--repeat", "3"], ["--history", "h.jsonl", "--repeat", "2"]])
+def test_repeat_without_chosen_turns_is_refused_before_any_input(flags, api_key):
+    ran = run_main(chat.main, ["--base-url", "http://127.0.0.1:9/v1", *flags], "not json at all\n")
+    assert ran.code == 2 and ran.out == ""
+    assert ran.err == "lalm-chat: error: --repeat needs --at or --every: it sends each chosen turn again\n"

@@ -27,8 +27,9 @@ def test_a_real_model_remembers_at_first_and_its_effective_context_is_below_the_
     m = run_main(metrics.main, [], c.out)
     assert m.code == 0, m.err
     recalls = [r for r in m.records if r["kind"] == "recall"]
-    # after turn 8 the facts of prompts 4 and 6; after turn 16 those of 10, 11 and 12 too
-    assert [r["after_turn"] for r in recalls] == [8] * 3 + [16] * 8
+    # after turn 8 the facts of prompts 4 and 6; after turn 16 those of 10, 11 and 12 too; each in two wordings
+    assert [r["after_turn"] for r in recalls] == [8] * 6 + [16] * 16
+    assert [r["form"] for r in recalls] == [0] * 3 + [1] * 3 + [0] * 8 + [1] * 8
     assert all(r["status"] == "ok" and r["context_tokens"] > 0 for r in recalls)
     # a short run: every probe counts (the report's default waits 20 turns)
     mem = json.loads(run_main(report.main, ["--format", "json", "--min-fact-age", "0"], m.out).out)["memory"]

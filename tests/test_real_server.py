@@ -184,9 +184,10 @@ def test_memory_probes_on_the_real_model(server, api_key):
                                         "--probe-max-tokens", "24")
     probes = [t for t in turns if t["kind"] == "probe"]
     facts = {f["id"]: f["stated_in"] for f in turns[0]["settings"]["facts"]}
-    # after turns 4, 8, 12: each fact stated by then
+    # after turns 4, 8, 12: each fact stated by then, in its first two wordings
     assert sorted({p["after_turn"] for p in probes}) == [4, 8, 12]
-    assert len(probes) == sum(sum(1 for s in facts.values() if s <= k) for k in (4, 8, 12))
+    assert len(probes) == 2 * sum(sum(1 for s in facts.values() if s <= k) for k in (4, 8, 12))
+    assert {p["form"] for p in probes} == {0, 1}
     recalls = [r for r in json_lines(metrics_out) if r["kind"] == "recall"]
     assert len(recalls) == len(probes) and all(r["status"] == "ok" for r in recalls)
     assert all(isinstance(r["correct"], bool) and r["context_tokens"] > 0 for r in recalls)
