@@ -18,9 +18,12 @@ MAX_TOKENS ?= 32768
 CHAT_ARGS  ?=
 REPORT_ARGS ?=
 LOGS       ?= logs
-# make depth: over a fixed history, only the turns AT (prompt ids) sent
+# make depth: the turns at DEPTHS (in tokens) of the reference conversation, or over a
+# fixed HISTORY only the turns AT (prompt ids); each answer at most DEPTH_MAX_TOKENS
+DEPTHS     ?=
 HISTORY    ?=
 AT         ?=
+DEPTH_MAX_TOKENS ?= 128
 # the engine make server / make demo start (empty: llama.cpp), its window (empty: the model's)
 # and more arguments for it
 ENGINE      ?=
@@ -42,8 +45,8 @@ DEMO_ROUNDS   = $(if $(OTHER_ENGINE),8,40)
 DEMO_PROBES   = $(if $(OTHER_ENGINE),4,10)
 DEMO_FACT_AGE = $(if $(OTHER_ENGINE),2,4)
 
-.PHONY: install server-bin server server-stop demo bench depth report browser test perf clean \
-        engines test-engines record-engines
+.PHONY: install server-bin server server-stop demo bench depth compare sweep reference report browser test perf clean \
+        engines test-engines record-engines lint
 
 install: $(STAMP)
 
@@ -96,16 +99,73 @@ bench: install
 	fi
 
 depth: install
-	@test -n "$(HISTORY)" -a -n "$(AT)" || { echo "usage: make depth HISTORY=recording.jsonl AT=10,20,40 [MODEL=m BASE_URL=url CHAT_ARGS='--cold --probe-every 1']" >&2; exit 2; }
+	@test -n "$(DEPTHS)" -o \( -n "$(HISTORY)" -a -n "$(AT)" \) || { echo "usage: make depth DEPTHS=1k,2k,4k,8k [MODEL=m BASE_URL=url CHAT_ARGS='--cold --probe-every 1 --repeat 3'] (over the reference conversation; or HISTORY=recording.jsonl AT=10,20,40)" >&2; exit 2; }
 	@mkdir -p $(LOGS); set -e; \
 	name=$(LOGS)/lalm_depth_run_$$(date -u +%Y%m%dT%H%M%SZ)$$(echo "$(if $(MODEL),_$(MODEL))" | tr '/: ' '___'); \
 	$(BIN)/lalm-prompts \
 	| $(BIN)/lalm-chat $(if $(BASE_URL),--base-url $(BASE_URL)) $(if $(MODEL),--model $(MODEL)) \
-	    --history $(HISTORY) --at $(AT) --max-tokens $(MAX_TOKENS) --output $$name.jsonl $(CHAT_ARGS) \
+	    $(if $(DEPTHS),--depths $(DEPTHS) $(if $(HISTORY),--history $(HISTORY)),--history $(HISTORY) --at $(AT)) \
+	    --max-tokens $(DEPTH_MAX_TOKENS) --output $$name.jsonl $(CHAT_ARGS) \
 	| $(BIN)/lalm-metrics > $$name.metrics.jsonl; \
 	$(BIN)/lalm-report $(REPORT_ARGS) $$name.metrics.jsonl; \
 	$(BIN)/lalm-report --depths --format markdown $(REPORT_ARGS) $$name.metrics.jsonl > $$name.depths.md; \
 	echo "recording $$name.jsonl, metrics $$name.metrics.jsonl, depth table $$name.depths.md" >&2
+
+# models side by side on the project's server, one after another, at the same depths of the
+# reference conversation; one comparison at the end (text, JSON, Markdown, page)
+compare: server-bin
+	@test -n "$(DEPTHS)" -a -n "$(MODELS)" || { echo "usage: make compare MODELS=\"qwen2.5-coder-0.5b smollm2-135m\" DEPTHS=1k,2k,4k [CHAT_ARGS='--probe-every 1']" >&2; exit 2; }
+	@mkdir -p $(LOGS); set -e; ts=$$(date -u +%Y%m%dT%H%M%SZ); out=$(LOGS)/lalm_compare_$$ts; all=""; texts=""; \
+	for m in $(MODELS); do \
+	  name=$${out}_$$(echo $$m | tr '/: ' '___'); \
+	  $(BIN)/python -m lalmpipe.localserver run --model $$m $(if $(CTX),--ctx $(CTX)) \
+	    $(if $(SERVER_ARGS),--server-args='$(SERVER_ARGS)') -- sh -c \
+	    "$(BIN)/lalm-prompts | $(BIN)/lalm-chat --depths $(DEPTHS) --max-tokens $(DEPTH_MAX_TOKENS) --output $$name.jsonl $(CHAT_ARGS) -q | $(BIN)/lalm-metrics > $$name.metrics.jsonl"; \
+	  all="$$all $$name.metrics.jsonl"; texts="$$texts --texts $$name.jsonl"; \
+	done; \
+	$(BIN)/lalm-report $(REPORT_ARGS) $$all | sed -n '/^Comparison/,$$p'; \
+	$(BIN)/lalm-report --depths $(REPORT_ARGS) $$all; \
+	$(BIN)/lalm-report --format json $(REPORT_ARGS) $$all > $$out.json; \
+	$(BIN)/lalm-report --format markdown $(REPORT_ARGS) $$all > $$out.md; \
+	$(BIN)/lalm-report --format html $(REPORT_ARGS) $$texts $$all > $$out.html; \
+	echo "comparison $$out.json, $$out.md, page $$out.html" >&2
+
+# server configurations side by side at the same depths of the reference conversation:
+# CONFIGS on the project's server (MODEL, or each of MODELS), or ENDPOINTS="a=URL b=URL" a user started
+CONFIGS   ?=
+ENDPOINTS ?=
+sweep: server-bin
+	@test -n "$(DEPTHS)" -a -n "$(CONFIGS)$(ENDPOINTS)" || { echo "usage: make sweep DEPTHS=1k,2k CONFIGS=\"kv=f16 kv=q8_0\" [MODEL=m or MODELS=\"a b\"] [CHAT_ARGS='--probe-every 1 --repeat 3'] (or ENDPOINTS=\"a=http://127.0.0.1:8001/v1 b=http://127.0.0.1:8002/v1\")" >&2; exit 2; }
+	@mkdir -p $(LOGS); ts=$$(date -u +%Y%m%dT%H%M%SZ); out=$(LOGS)/lalm_sweep_$$ts; all=""; texts=""; failed=""; \
+	measure='$(BIN)/lalm-prompts | $(BIN)/lalm-chat --depths $(DEPTHS) $(if $(HISTORY),--history $(HISTORY)) --max-tokens $(DEPTH_MAX_TOKENS) -q $(CHAT_ARGS)'; \
+	for point in $(if $(ENDPOINTS),$(ENDPOINTS),$(foreach m,$(or $(MODELS),$(MODEL),_),$(foreach c,$(CONFIGS),$(m)/$(c)))); do \
+	  label=$${point%%=http*}; name=$${out}_$$(echo "$$label" | tr '/:=, ' '_____'); \
+	  case "$$point" in \
+	    *=http*) url=$${point#*=}; \
+	      sh -c "$$measure --base-url $$url --label '$$label' --output $$name.jsonl | $(BIN)/lalm-metrics > $$name.metrics.jsonl" ;; \
+	    *) model=$${point%%/*}; config=$${point#*/}; \
+	      args=$$($(BIN)/python -m lalmpipe.configs args "$$config") && \
+	      $(BIN)/python -m lalmpipe.localserver run $$( [ "$$model" = _ ] || echo --model $$model ) \
+	        $(if $(CTX),--ctx $(CTX)) --server-args="$$args" -- \
+	        sh -c "$$measure --label '$$label' --output $$name.jsonl | $(BIN)/lalm-metrics > $$name.metrics.jsonl" ;; \
+	  esac \
+	  && { all="$$all $$name.metrics.jsonl"; texts="$$texts --texts $$name.jsonl"; } \
+	  || { failed="$$failed $$label"; rm -f $$name.metrics.jsonl; echo "make sweep: $$label failed (see above); going on" >&2; }; \
+	done; \
+	[ -n "$$all" ] || { echo "make sweep: every configuration failed" >&2; exit 1; }; \
+	$(BIN)/lalm-report $(REPORT_ARGS) $$all | sed -n '/^Comparison/,$$p'; \
+	$(BIN)/lalm-report --depths $(REPORT_ARGS) $$all; \
+	$(BIN)/lalm-report --format json $(REPORT_ARGS) $$all > $$out.json; \
+	$(BIN)/lalm-report --format markdown $(REPORT_ARGS) $$all > $$out.md; \
+	$(BIN)/lalm-report --format html $(REPORT_ARGS) $$texts $$all > $$out.html; \
+	echo "sweep $$out.json, $$out.md, page $$out.html$${failed:+; failed:$$failed}" >&2
+
+# the reference conversation, written again by the demo's model on the project's server
+# (hours on 2 cores; resumable: the raw answers stay in $(LALM_CACHE)/reference.raw.jsonl)
+reference: server-bin
+	@$(BIN)/python -m lalmpipe.localserver run --server-args='--parallel 2' -- \
+	  sh -c '$(BIN)/python -m lalmpipe.reference write --base-url "$$OPENAI_BASE_URL" --out $(LALM_CACHE)/reference.raw.jsonl'
+	$(BIN)/python -m lalmpipe.reference assemble $(LALM_CACHE)/reference.raw.jsonl > prompts/lalm_reference.jsonl
 
 report: install
 	@test -n "$(RUN)" || { echo "usage: make report RUN=logs/lalm_benchmark_run_<timestamp>.jsonl" >&2; exit 2; }
@@ -118,7 +178,12 @@ perf: install
 browser:
 	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-test: server-bin browser
+# the static checks (make test runs them first): ruff's rules and mypy, as pyproject.toml sets them
+lint: install
+	$(BIN)/ruff check lalmpipe tests
+	$(BIN)/mypy lalmpipe
+
+test: server-bin browser lint
 	$(BIN)/python -m pytest -q
 
 # every engine installed (once each, one at a time: each build or install takes both cores)

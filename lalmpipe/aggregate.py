@@ -115,7 +115,7 @@ def degradation(ok: list[Metrics]) -> dict:
     """How speed changes as the context grows."""
     pts = [(r.context_tokens, r.ttft_s) for r in ok if r.context_tokens is not None and r.ttft_s is not None]
     k = slope([p[0] for p in pts], [p[1] for p in pts])
-    tps = [(r.context_tokens, r.decode_tps) for r in ok if r.decode_tps]
+    tps = [(r.context_tokens, r.decode_tps) for r in ok if r.context_tokens is not None and r.decode_tps]
     # the first and last three turns, or, with fewer than six, halves that do not overlap
     n = min(3, max(len(tps) // 2, 1))
     start = mean([t for _, t in tps[:n]]) if tps else None

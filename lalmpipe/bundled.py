@@ -22,9 +22,9 @@ def bundled(name: str) -> Traversable:
     source tree (a clone on sys.path, or an editable install) it is the tree's own
     prompts/ folder beside the package, so the data always comes with the code that runs.
     """
-    package = resources.files(__package__)
-    installed = package / "data"
-    return installed / name if installed.is_dir() else package.parent / "prompts" / name
+    installed = resources.files(__package__) / "data"
+    # else a source tree: the package is this folder on disk, beside prompts/
+    return installed / name if installed.is_dir() else Path(__file__).parent.parent / "prompts" / name
 
 
 def open_text(source: str | os.PathLike | Traversable) -> TextIO:

@@ -23,12 +23,14 @@ import uuid
 import msgspec
 
 from . import __version__
-from .cli import (ExitCode, add_common_args, add_input_args, new_parser, non_negative_int, positive_int, positive_seconds, run_command)
+from .cli import (ExitCode, add_common_args, add_input_args, new_parser, non_negative_int, positive_int,
+                  positive_seconds, run_command)
 from .errors import InputError, UsageError
 from .jsonl import RecordWriter, read_records
 from .conversation import Chat, Conversation, Interrupts, now_iso, request_params
 from .progress import Progress
 from .render.columns import plural
+from .localserver.process import CONFIG_VAR
 from .records import DEFAULT_SETTINGS, Prompt, Run, Server, Settings
 from .redact import API_KEY_VAR
 from .serverinfo import preflight
@@ -48,7 +50,7 @@ def new_run(args, model: str, server: Server, base_url: str, memory: dict | None
     return Run(run_id=uuid.uuid4().hex[:12], started_at=now_iso(),
                tool={"name": "lalmpipe", "version": __version__}, base_url=base_url,
                model=model, params=request_params(args), settings=settings, server=server,
-               served_model=model if server.models else None)
+               served_model=model if server.models else None, label=args.label)
 
 
 def load_prompts(args, stdin) -> tuple[list[Prompt], list[dict]]:
@@ -56,7 +58,8 @@ def load_prompts(args, stdin) -> tuple[list[Prompt], list[dict]]:
 
     A prompt id names one turn (--resume and --history match turns by it):
     an id read twice is refused, naming where each one was read."""
-    prompts, others, seen = [], [], {}
+    prompts, others = [], []
+    seen: dict[int, str] = {}      # prompt id -> where it was read
     for item in read_records(args.inputs, stdin, consumes={"prompt"},
                              hint={"turn": "lalm-chat reads prompts; see lalm-replay"}):
         if isinstance(item.record, Prompt):
@@ -127,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", type=id_list, metavar="LIST",
                    help="with --history, send only these prompt ids, e.g. 50,100-102; the others "
                         "enter the history from the recording unsent")
+    p.add_argument("--label", metavar="NAME",
+                   help="the run's name in a comparison (default: its model), e.g. the setting it measures")
+    p.add_argument("--depths", type=depth_list, metavar="LIST",
+                   help="measure the turns whose request first reaches each of these depths of context, "
+                        "in cl100k tokens (1k = 1,024: 1k,2k,4k,8k or 1000,5000), over --history (default: "
+                        "the reference conversation that ships with lalmpipe); as --at, the turns between "
+                        "enter the history unsent")
     p.add_argument("--every", type=positive_int, metavar="K",
                    help="with --history, send only every K-th prompt (with --at: those too)")
     p.add_argument("--repeat", type=positive_int, metavar="N",
@@ -170,18 +180,40 @@ def _json_object(text: str) -> dict:
     return obj
 
 
+def depth_list(text: str) -> list[int]:
+    """An argparse type: depths in tokens, "1k,2k,32k" (k = 1,024) or plain numbers."""
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        scale = 1024 if part.endswith("k") else 1
+        try:
+            n = int(float(part[:-1] if scale > 1 else part) * scale)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a list of depths in tokens (e.g. 1k,2k,4k or 1000,2000)")
+        out.append(n)
+    return out
+
+
 def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
     return run_command(PROG, build_parser(), argv, stdin, stdout, stderr, _run)
 
 
 def _run(args, stdin, stdout, stderr) -> int:
-    from .history import Plan, open_history
+    from .history import REFERENCE_NAME, Plan, depth_turns, open_history
+    from .history import load as load_history
+    from .tokens import count
     from .resume import check_output, previous_run
 
+    if args.depths and (args.at or args.every):
+        raise UsageError("--depths chooses the turns itself: give it without --at and --every")
+    if args.depths:
+        args.history_file = args.history_file or REFERENCE_NAME
     if (args.at or args.every) and not args.history_file:
         raise UsageError("--at and --every need --history RECORDING: the answers of the "
                          "turns not sent would not exist")
-    if args.repeat is not None and not (args.at or args.every):
+    if args.repeat is not None and not (args.at or args.every or args.depths):
         raise UsageError("--repeat needs --at or --every: it sends each chosen turn again")
     args.repeat = args.repeat or 1
     if args.resume and not args.output:
@@ -192,6 +224,12 @@ def _run(args, stdin, stdout, stderr) -> int:
     prompts, others = load_prompts(args, stdin)
     progress = Progress(stderr, args.quiet)
     done, mend = previous_run(args.output) if args.resume else (None, None)
+    memory = None if done else memory_of(args)
+    if args.depths and not done:
+        # in every request: the system message, and with the probes the standing rule
+        extra = sum(count(t or "") or 0 for t in (args.system, ((memory or {}).get("rule") or {}).get("text")))
+        chosen = depth_turns(load_history(args.history_file), prompts, args.depths, extra)
+        args.depths, args.at = sorted(chosen.items()), sorted(chosen)
     settings = done.run.settings if done else Settings.from_args(args)
     history = open_history(args.history_file, settings.history if done else None, bool(done))
     plan = Plan(prompts, settings.at, settings.every)
@@ -202,7 +240,6 @@ def _run(args, stdin, stdout, stderr) -> int:
         done.check_same(args.model, prompts)
     # chosen turns cost what their depth costs: no estimate of the time left
     progress.total = None if plan.selective else len(prompts)
-    memory = None if done else memory_of(args)
     interrupts = Interrupts()
     with interrupts.installed():
         transport = Transport(base_url, os.environ.get(API_KEY_VAR), settings.stall_timeout)
@@ -233,7 +270,17 @@ def served_model(args, done, transport, interrupts, progress) -> tuple[str, Serv
         progress.say(f"--model {asked!r}: the server lists it as {model!r}")
     if done:
         done.check_server(transport.base_url, server, progress.say)
-    return model, server
+    return model, msgspec.structs.replace(server, config=local_config(transport.base_url))
+
+
+def local_config(base_url: str) -> dict | None:
+    """How the project's own server was started, where this run is against it (lalmpipe.localserver
+    run tells its command in CONFIG_VAR); None for any other server."""
+    try:
+        config = json.loads(os.environ.get(CONFIG_VAR) or "null")
+    except ValueError:
+        return None
+    return config if isinstance(config, dict) and config.get("base_url") == base_url else None
 
 
 def _converse(args, chat, prompts, others, done, stdout) -> None:

@@ -42,11 +42,11 @@ def _recall(a: RunReport, b: RunReport) -> list[Verdict]:
         out.append(_verdict("recall", "overall", a, b, [x.recall, y.recall], [x.n, y.n],
                             share_difference((x.recalled, x.n), (y.recalled, y.n))))
     theirs = {(band.from_, band.to): band for band in b.memory.by_distance}
-    for x in a.memory.by_distance:
-        y = theirs.get((x.from_, x.to))
-        if y is not None:
-            out.append(_verdict("recall", _band_name(x, "tokens since stated"), a, b, [x.recall, y.recall],
-                                [x.n, y.n], share_difference((x.recalled, x.n), (y.recalled, y.n))))
+    for xb in a.memory.by_distance:
+        yb = theirs.get((xb.from_, xb.to))
+        if yb is not None:
+            out.append(_verdict("recall", _band_name(xb, "tokens since stated"), a, b, [xb.recall, yb.recall],
+                                [xb.n, yb.n], share_difference((xb.recalled, xb.n), (yb.recalled, yb.n))))
     return out
 
 

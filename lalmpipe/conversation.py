@@ -10,7 +10,7 @@ from typing import Iterable, Iterator
 
 from . import outcome
 from .reasoning import read_stream
-from .records import (COLD_CACHE_PROMPT, COLD_MARKER, STATUS_INTERRUPTED, STATUS_OK, Exchange, Fact,
+from .records import (COLD_CACHE_PROMPT, COLD_MARKER, STATUS_INTERRUPTED, STATUS_OK, ColdWay, Exchange, Fact,
                       Probe, Prompt, Run, Turn)
 from .signals import on_stop
 from .transport import Attempt
@@ -31,7 +31,7 @@ def request_params(args) -> dict:
     return params
 
 
-def cold_way(software: str | None) -> str:
+def cold_way(software: str | None) -> ColdWay:
     """How to make a request a full prefill: llama.cpp's `cache_prompt: false`;
     elsewhere a line at the very start that no cached prefix can match."""
     return COLD_CACHE_PROMPT if software == "llama.cpp" else COLD_MARKER
@@ -142,7 +142,7 @@ class Chat:
     """
 
     def __init__(self, transport, run: Run, conversation: Conversation, progress,
-                 interrupts: Interrupts, facts: list[Fact] = (), history=None, plan=None):
+                 interrupts: Interrupts, facts: Iterable[Fact] = (), history=None, plan=None):
         self.transport, self.run = transport, run
         self.settings = run.settings
         self.facts = list(facts)
@@ -172,17 +172,18 @@ class Chat:
                 if record.status == STATUS_INTERRUPTED:
                     raise KeyboardInterrupt
                 if record.status != STATUS_OK and self.settings.on_error == "stop":
-                    self.progress.say(f"stopping at turn {n}: {record.error.kind}: "
-                                      f"{record.error.message} (--on-error continue goes on)")
+                    error = record.error
+                    why = f"{error.kind}: {error.message}" if error else record.status
+                    self.progress.say(f"stopping at turn {n}: {why} (--on-error continue goes on)")
                     return
                 n += 1
-            if record.status == STATUS_OK and every and self._probes_due(n - 1, prompt):
+            if record.status == STATUS_OK and every and self._probes_due(n - 1, prompt, every):
                 yield from self.probe_round(n - 1)
 
-    def _probes_due(self, n: int, prompt: Prompt) -> bool:
+    def _probes_due(self, n: int, prompt: Prompt, every: int) -> bool:
         # with chosen turns, after every K-th of those sent; else after every K-th turn
         k = self.plan.rank[prompt.id] if self.plan and self.plan.selective else n
-        return k % self.settings.probe_every == 0
+        return k % every == 0
 
     def enter_unsent(self, n: int, prompt: Prompt) -> Exchange:
         """Put a prompt and its recorded answer into the history without sending them."""
@@ -190,7 +191,7 @@ class Chat:
         self.conversation.add_answer(prompt.id, prompt.text, answer)
         return Exchange(turn=n, prompt=prompt.ref(), answer=answer)
 
-    def one_turn(self, n: int, prompt: Prompt, skipped: list[Exchange] = (), repeat: int | None = None,
+    def one_turn(self, n: int, prompt: Prompt, skipped: Iterable[Exchange] = (), repeat: int | None = None,
                  enters: bool = True) -> Turn:
         """Send a prompt over the history; unless it is a repeat before the last (`enters`
         false), its exchange then enters the history."""

@@ -16,6 +16,11 @@ import json
 
 from .errors import InputError, UsageError
 from .jsonl import recording
+from .prompts import DEFAULT_FILE
+from .prompts import load as load_prompts
+from .reference import NAME as REFERENCE_NAME
+from .reference import read_reference
+from .tokens import count
 from .reasoning import read_stream
 from .render.columns import plural
 from .records import STATUS_OK, Exchange, HistorySource, Prompt, Turn
@@ -71,8 +76,11 @@ class History:
 
 def load(path: str) -> History:
     """Read a lalm-chat recording's history: for each prompt id, the last answer
-    that entered its history (a resumed run's redone turn counts once)."""
-    answers = {}
+    that entered its history (a resumed run's redone turn counts once); or, for
+    `reference`, the reference conversation that ships with lalmpipe."""
+    if path == REFERENCE_NAME:
+        return reference_history()
+    answers: dict[int, tuple[str, str]] = {}
     try:
         fp = open(path, "rb")
     except OSError as e:
@@ -80,13 +88,43 @@ def load(path: str) -> History:
     with fp:
         run, turns = recording(path, fp, "a --history recording",
                                passes={"prompt", "probe", "metrics", "recall"})
-    for turn in turns:
-        for ex in exchanges(turn, run.settings.keep_reasoning):
-            answers[ex.prompt.id] = (ex.prompt.text, ex.answer)
+    for turn in turns:      # (none without a run record)
+        for ex in exchanges(turn, run.settings.keep_reasoning if run else False):
+            if ex.prompt.id is not None:    # an answer without a prompt id answers no prompt sent
+                answers[ex.prompt.id] = (ex.prompt.text, ex.answer)
     if run is None or not answers:
         raise InputError(f"{path}: no answered turns: --history takes a lalm-chat recording")
     return History(HistorySource(path=path, run_id=run.run_id, model=run.model, sha256=digest(answers),
                                  answers=len(answers)), answers)
+
+
+def reference_history() -> History:
+    """The shipped reference conversation (lalmpipe.reference), as a history."""
+    head, records = read_reference()
+    texts = {p.id: p.text for p in load_prompts(DEFAULT_FILE)}
+    answers = {pid: (texts[pid], r["answer"]) for pid, r in records.items() if pid in texts}
+    return History(HistorySource(path=REFERENCE_NAME, run_id=REFERENCE_NAME, model=head.get("model"),
+                                 sha256=digest(answers), answers=len(answers)), answers)
+
+
+def depth_turns(history: History, prompts: list[Prompt], targets: list[int], extra_tokens: int = 0) -> dict[int, int]:
+    """For each depth in tokens, the first prompt whose request reaches it: the client's
+    cl100k count of the history before it, its own text and `extra_tokens` (the system
+    message, the standing rule). Returns prompt id -> depth; a depth deeper than the last
+    request is refused, naming how deep the history goes."""
+    chosen: dict[int, int] = {}
+    before, deepest = extra_tokens, 0
+    pending = sorted(set(targets))
+    for p in prompts:
+        request = before + (count(p.text) or 0)
+        deepest = request
+        while pending and request >= pending[0]:
+            chosen.setdefault(p.id, pending.pop(0))
+        if not pending:
+            return chosen
+        before = request + (count(history.answer(p.id)) or 0) if p.id in history.answers else request
+    raise UsageError(f"--depths {pending[0]:,}: the history ({history.source.path}) reaches {deepest:,} tokens "
+                     f"at its last prompt, the deepest depth it gives")
 
 
 def open_history(path: str | None, used: HistorySource | None, resuming: bool) -> History | None:
@@ -116,7 +154,7 @@ class Plan:
             raise UsageError(f"--at: prompt {missing[0]} is not among the prompts read")
         sent = [pid for i, pid in enumerate(ids, 1)
                 if not self.selective or pid in (at or ()) or (every and i % every == 0)]
-        if self.selective and not sent:
+        if every and not sent:      # (every prompt --at names is sent)
             raise UsageError(f"--every {every}: fewer than {plural(every, 'prompt')} read, none would be sent")
         self.rank = {pid: k for k, pid in enumerate(sent, 1)}    # the k-th prompt sent
         self.last = sent[-1] if sent else None

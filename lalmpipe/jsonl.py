@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, Iterable, Iterator, NamedTuple, TextIO
+from typing import IO, AbstractSet, Callable, Iterable, Iterator, NamedTuple, TextIO
 
 import jsonlines
 import msgspec
@@ -17,7 +17,7 @@ from .errors import InputError
 from .records import KINDS, Record, RecordError, Run, Turn, as_record, check_version, identity
 
 
-def _binary(stream) -> object:
+def _binary(stream) -> IO[bytes]:
     return getattr(stream, "buffer", stream)
 
 
@@ -52,7 +52,7 @@ class Line(NamedTuple):
     record: Record | None
 
 
-def read_records(inputs: list[str], stdin, consumes: set[str], passes: set[str] = frozenset(),
+def read_records(inputs: list[str], stdin, consumes: set[str], passes: AbstractSet[str] = frozenset(),
                  hint: dict[str, str] | None = None) -> Iterator[Line]:
     """Yield checked records from files or stdin (see `checked_records`);
     input without a single record is an InputError."""
@@ -93,7 +93,7 @@ def once(lines: Iterable[Line], warn: Callable[[str], None]) -> Iterator[Line]:
              f"dropped ({repeats[0]}{', ...' if len(repeats) > 1 else ''})")
 
 
-def checked_records(name: str, fp, consumes: set[str], passes: set[str] = frozenset(),
+def checked_records(name: str, fp, consumes: set[str], passes: AbstractSet[str] = frozenset(),
                     hint: dict[str, str] | None = None) -> Iterator[Line]:
     """Yield the records of one binary stream, typed where the stage consumes them.
 
@@ -122,7 +122,8 @@ def checked_records(name: str, fp, consumes: set[str], passes: set[str] = frozen
         yield Line(source, lineno, obj, record)
 
 
-def recording(name: str, fp, what: str, passes: set[str] = frozenset()) -> tuple[Run | None, list[Turn]]:
+def recording(name: str, fp, what: str,
+              passes: AbstractSet[str] = frozenset()) -> tuple[Run | None, list[Turn]]:
     """The run record (None if there is none) and the turns of one lalm-chat
     recording; `what` names the file in the errors ("one --output file")."""
     run, turns = None, []
@@ -148,14 +149,14 @@ class RecordWriter:
 
     def __init__(self, stream: TextIO, also: TextIO | None = None, on_broken=None):
         self._stream = stream
-        self._out = jsonlines.Writer(stream, compact=True, flush=True)
+        self._out: jsonlines.Writer | None = jsonlines.Writer(stream, compact=True, flush=True)
         self._file = also
         self._to_file = jsonlines.Writer(also, compact=True, flush=True) if also else None
         self._on_broken = on_broken
 
     def write(self, record: Record | dict, to_file: bool = True) -> None:
         record = as_record(record)
-        if self._to_file is not None and to_file:
+        if self._file is not None and self._to_file is not None and to_file:
             self._to_file.write(record)
             os.fsync(self._file.fileno())
         self._to_stdout(self._out.write if self._out else None, record)
@@ -174,7 +175,7 @@ class RecordWriter:
         try:
             write(what)
         except BrokenPipeError:
-            if self._to_file is None:
+            if self._file is None:     # no file to go on into
                 raise
             silence(self._stream)
             self._out = None

@@ -32,7 +32,7 @@ class Ledger:
         self.prev_prompt_tokens: int | None = None     # the last whole prompt the server counted
         self.prev_request_tokens: int | None = None
         # prompt id -> (turn, tokens before it, repeats that had entered nothing before it)
-        self.asked_at: dict[int, tuple[int, int | None, int]] = {}
+        self.asked_at: dict[int | None, tuple[int, int | None, int]] = {}
         # sendings of a chosen turn again (--repeat): numbered turns that are not the conversation's
         self.repeats_unentered = 0
 
@@ -62,7 +62,7 @@ class Ledger:
         row.repeat = turn.repeat
         return row
 
-    def _enter(self, prompt_id: int, turn: int, prompt_n: int | None, answer_n: int | None) -> None:
+    def _enter(self, prompt_id: int | None, turn: int, prompt_n: int | None, answer_n: int | None) -> None:
         """A prompt and its answer join the history the next request carries."""
         self.asked_at[prompt_id] = (turn, self.history_tokens, self.repeats_unentered)
         self.history_tokens = _add(self.history_tokens, _add(prompt_n, answer_n))
@@ -96,7 +96,7 @@ class Ledger:
         turns_since = probe.after_turn - turn - (self.repeats_unentered - repeats)
         return {"stated_turn": turn, "turns_since_stated": turns_since,
                 "tokens_since_stated": since,
-                "depth": None if since is None or not now else round(before / now, 4)}
+                "depth": None if before is None or not now else round(before / now, 4)}
 
 
 def _answer_signals(row: Metrics, turn: Turn, view, rule_check) -> None:

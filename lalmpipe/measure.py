@@ -57,7 +57,7 @@ def token_counts(usage: dict | None, reasoning_count: int | None,
         reasoning = details["reasoning_tokens"]
         return {**counts, "reasoning_tokens": reasoning, "content_tokens": completion - reasoning,
                 "tokens_source": CountSource.SERVER}
-    if reasoning_count is None:
+    if reasoning_count is None or content_count is None:    # no encoder: the client counted neither
         return {**counts, "reasoning_tokens": None, "content_tokens": None, "tokens_source": None}
     if completion is None:
         return {**counts, "reasoning_tokens": reasoning_count, "content_tokens": content_count,
@@ -101,7 +101,9 @@ def overflow_tokens(body: str | None) -> int | None:
 
 def _first_number(text: str | None, patterns: tuple[str, ...]) -> int | None:
     """The number the first matching pattern captures."""
-    for pattern in patterns if text else ():
+    if not text:
+        return None
+    for pattern in patterns:
         m = re.search(pattern, text)
         if m:
             return int(m.group(1))

@@ -91,8 +91,14 @@ def _spell(phrase: str) -> str:
 class _Number:
     """One number read word by word; `take` refuses a word that cannot continue it."""
 
-    def __init__(self):
-        self.sign, self.total, self.current, self.last, self.frac = "", 0, 0, None, None
+    def __init__(self) -> None:
+        self._start()
+
+    def _start(self) -> None:
+        """Begin a new number: no sign, no digits, no word read."""
+        self.sign, self.total, self.current = "", 0, 0
+        self.last: str | None = None
+        self.frac: list[str] | None = None
 
     def take(self, w: str) -> bool:
         last, start = self.last, self.last in (None, "minus", "hundred", "thousand", "and")
@@ -127,7 +133,7 @@ class _Number:
             digits = f"{self.sign}{self.total + self.current}"
             out = [f"{digits}.{''.join(self.frac)}" if self.frac else digits]
             out += {"and": ["and"], "point": ["point"]}.get(self.last, [])
-        self.__init__()
+        self._start()
         return out
 
 

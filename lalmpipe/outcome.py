@@ -39,7 +39,9 @@ def context_tokens(prompt_tokens: int | None, completion_tokens: int | None) -> 
 def window_full(prompt_tokens: int | None, completion_tokens: int | None, window: int | None) -> bool:
     """Whether prompt and answer filled the known context window."""
     used = context_tokens(prompt_tokens, completion_tokens)
-    return bool(window) and used is not None and used >= window
+    if not window or used is None:
+        return False
+    return used >= window
 
 
 def is_transient(http_status: int | None, failure: str | None, streamed: bool) -> bool:
@@ -49,7 +51,7 @@ def is_transient(http_status: int | None, failure: str | None, streamed: bool) -
     return failure == ErrorKind.CONNECTION and not streamed
 
 
-def classify(http_status: int | None, body: str | None, failure: tuple[str, str] | None,
+def classify(http_status: int | None, body: str | None, failure: tuple[ErrorKind, str] | None,
              view, window: int | None) -> tuple[Status, Error | None]:
     """Return (status, error) of one request.
 

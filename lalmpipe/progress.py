@@ -28,7 +28,7 @@ class Progress:
         self._done = 0
         self._label = ""
         self._drawn_ns = 0
-        self._measured = None
+        self._measured: Ledger | None = None     # the run followed (on a terminal)
         self.on_event = self._tick if self.live else None
 
     def say(self, message: str) -> None:
@@ -41,9 +41,9 @@ class Progress:
         """On a terminal, measure each finished turn as lalm-metrics will (the run's
         earlier turns first, on a resume), so its line shows the report's numbers."""
         if self.live:
-            self._measured = Ledger(run)
+            self._measured = measured = Ledger(run)
             for turn in earlier:
-                self._measured.measure(turn)
+                measured.measure(turn)
 
     def start_turn(self, n: int, prompt) -> None:
         if self.live:
@@ -59,7 +59,7 @@ class Progress:
 
     def end_turn(self, record) -> None:
         self._done += 1
-        if self.live:
+        if self.live and self._measured is not None:
             row = self._measured.measure(record)
             self._write(f"\r\x1b[K{turn_line(record, row, self.total)}{self._left()}\n")
 

@@ -35,7 +35,7 @@ def load(path) -> list[Prompt]:
         raise InputError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text") from None
-    prompts = []
+    prompts: list[Prompt] = []
     for line, obj in _elements(path, text):
         prompts.append(_check(path, line, obj, expected_id=len(prompts) + 1))
     if not prompts:

@@ -282,7 +282,9 @@ def _delta_texts(choice: dict) -> tuple[str, str]:
     clients that know both names do: both are meant to carry the one text, and
     adding them would count it twice.
     """
-    delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        delta = {}
     reasoning = next((t for t in (_text(delta.get(f)) for f in REASONING_FIELDS) if t), "")
     return reasoning, _text(delta.get("content"))
 

@@ -11,7 +11,7 @@ version 1 recordings are still read.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 import msgspec
 
@@ -28,8 +28,9 @@ ERROR_KINDS = tuple(k.value for k in ErrorKind)
 
 # how a request was made a full prefill (lalm-chat --cold): llama.cpp's own switch,
 # or a unique line at the very start of its first message
-COLD_CACHE_PROMPT, COLD_MARKER = "cache_prompt", "marker"
 ColdWay = Literal["cache_prompt", "marker"]
+COLD_CACHE_PROMPT: ColdWay = "cache_prompt"
+COLD_MARKER: ColdWay = "marker"
 
 
 class RecordError(ValueError):
@@ -43,11 +44,14 @@ class Struct(msgspec.Struct, kw_only=True):
         return msgspec.to_builtins(self)
 
 
+R = TypeVar("R", bound="Record")
+
+
 class Record(Struct):
     KIND: ClassVar[str] = ""
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Record":
+    def from_dict(cls: type[R], d: dict) -> R:
         """Build a record from a decoded line, checking every field's type."""
         check_version(d)
         try:
@@ -161,6 +165,7 @@ class Settings(Struct):
     # a run recorded before these asked each fact in one wording, and sent each turn once
     probe_forms: int = 1                # each fact asked in its first N wordings
     repeat: int = 1                     # each chosen turn sent N times (--at, --every)
+    depths: list[tuple[int, int]] | None = None   # --depths: (prompt id, the depth in tokens it was chosen for)
 
     @classmethod
     def from_args(cls, args) -> "Settings":
@@ -187,6 +192,9 @@ class Server(Struct):
     total_slots: Any = None
     max_context_length: Any = None
     trained_context: Any = None
+    # how the project's own server was started (lalmpipe.localserver run): engine, model file and
+    # its sha256, the arguments that matter, the window; None for a server started elsewhere
+    config: dict | None = None
 
 
 class Run(Record):
@@ -202,6 +210,7 @@ class Run(Record):
     # the model the server serves under `model`: as it lists it, or as the first
     # answer's stream names it where that differs or the server lists none
     served_model: str | None = None
+    label: str | None = None            # the run's name in a comparison (lalm-chat --label, make sweep)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Run":

@@ -50,8 +50,8 @@ PROG = "lalm-replay"
 STALL_POLL_S = 0.2   # how soon a held stall notices that the server is closing
 QUOTED_CHARS = 60    # of a prompt named in an error
 # why a listening socket was refused, in words (other reasons: the system's own, lower-cased)
-BIND_REASONS = {errno.EADDRINUSE: "address already in use",
-                errno.EADDRNOTAVAIL: "not an address of this machine"}
+BIND_REASONS: dict[int | None, str] = {errno.EADDRINUSE: "address already in use",
+                                       errno.EADDRNOTAVAIL: "not an address of this machine"}
 
 
 @dataclass
@@ -143,6 +143,8 @@ class ReplayServer(ThreadingHTTPServer):
     @property
     def base_url(self) -> str:
         host, port = self.server_address[:2]
+        if isinstance(host, (bytes, bytearray)):
+            host = host.decode()
         return f"http://{host}:{port}/v1"
 
     def next_script(self, request: dict) -> Script:
@@ -158,6 +160,7 @@ class ReplayServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    server: ReplayServer     # the server that made the handler (socketserver types it as BaseServer)
 
     def log_message(self, fmt, *args):  # quiet: stderr belongs to the command
         pass
@@ -204,9 +207,10 @@ class _Handler(BaseHTTPRequestHandler):
         if script.end == "reset":
             return self._reset()
         if script.body is not None:
+            assert script.status is not None, "a scripted body goes with a status"
             return self._send(script.status, script.body, script.headers or None)
         if script.status is not None:
-            self._stream(script, t_arrival)
+            self._stream(script.status, script, t_arrival)
         if script.end == "stall":
             return self._hold()
         if script.end == "cut":
@@ -217,8 +221,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
-    def _stream(self, script: Script, t_arrival: float) -> None:
-        self.send_response(script.status)
+    def _stream(self, status: int, script: Script, t_arrival: float) -> None:
+        self.send_response(status)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
@@ -316,7 +320,9 @@ class Replayer:
 def load_recording(inputs, stdin) -> Recording:
     """Read the recorded requests, each under what its conversation had asked when it was
     sent (the history rebuilt as lalm-chat --resume rebuilds it), and the first run record."""
-    run, requests, asked = None, [], {}
+    run: Run | None = None
+    requests: list[tuple[Key, Turn | Probe]] = []
+    asked: dict[str, Key] = {}    # run id -> the questions its conversation has asked
     for item in read_records(inputs, stdin, consumes={"turn", "probe", "run"}, passes={"prompt", "metrics"}):
         rec = item.record
         if isinstance(rec, Run):

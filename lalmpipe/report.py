@@ -43,7 +43,7 @@ def collect(records: Iterable[Line]) -> list[tuple[Run | None, list[Metrics], li
     runs: dict[str, tuple[list, list, list]] = {}
     for item in records:
         rec = item.record
-        if rec is None:
+        if not isinstance(rec, (Run, Metrics, Recall)):    # a record passed through
             continue
         run, rows, recalls = runs.setdefault(rec.run_id, ([], [], []))
         if isinstance(rec, Run):

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from .configs import settings
 from .records import Metrics, Run
 from .vocab import CLIENT_CONTEXT, CountSource
 
@@ -203,6 +204,21 @@ class RunReport(Part):
         return (self.run.served_model or self.run.model if self.run else None) or "?"
 
     @property
+    def name(self) -> str:
+        """What a comparison calls the run: its label (lalm-chat --label), else its model."""
+        return (self.run.label if self.run else None) or self.model
+
+    @property
+    def server_settings(self) -> dict[str, str] | None:
+        """How the project's server was started for the run, setting by setting (None for another server)."""
+        config = self.run.server.config if self.run else None
+        if not config:
+            return None
+        return {"engine": str(config.get("engine")), "model-file": str(config.get("model_file")),
+                **({"ctx-size": str(config["ctx"])} if config.get("ctx") else {}),
+                **settings(list(config.get("extra_args") or []))}
+
+    @property
     def run_id(self) -> str:
         return self.run.run_id if self.run else "?"
 
@@ -255,4 +271,6 @@ def schema() -> dict[str, Any]:
 
 def load(doc: dict[str, Any]) -> RunReport | Comparison:
     """A report read back from its JSON (`lalm-report --format json`), typed again."""
-    return msgspec.convert(doc, Comparison if "runs" in doc else RunReport)
+    if "runs" in doc:
+        return msgspec.convert(doc, Comparison)
+    return msgspec.convert(doc, RunReport)

@@ -52,7 +52,7 @@ class Attempt:
     http_status: int | None = None
     chunks: list = field(default_factory=list)
     body: str | None = None                 # the body of a non-2xx answer
-    failure: tuple[str, str] | None = None  # (kind, message), kind in outcome.FAILURES
+    failure: tuple[ErrorKind, str] | None = None  # (kind, message), kind in outcome.FAILURES
     retry_after_s: float | None = None
     unanswered: bool = False           # the connection closed before any byte of an answer
     connection: str | None = None      # "new" or "reused"; None when no request went out

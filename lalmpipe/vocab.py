@@ -11,7 +11,9 @@ import enum
 class _Words(str, enum.Enum):
     """A member is its string: printed, formatted and compared as the record writes it."""
     __str__ = str.__str__
-    __format__ = str.__format__
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(self, format_spec)
 
 
 class Status(_Words):

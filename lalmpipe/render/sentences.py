@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 
 from ..results import Band, Memory, RunReport, Verdict
+from ..vocab import Status
+from ..configs import differences
 from .columns import approx, cell, count, heading, plural, share, span
+
+# repeated word 3-grams above this share: the answers loop (a sound answer repeats few)
+LOOPING = 0.35
 
 
 def summary_lines(report: RunReport) -> list[tuple[str, str]]:
@@ -40,7 +45,8 @@ def summary_lines(report: RunReport) -> list[tuple[str, str]]:
                            + f"; largest context {approx(count(s.max_context_tokens), est)} tokens"
                            + (" (the server did not count every prompt: client estimates)" if est else "")))
     lines.append(("Ceiling", ceiling_sentence(report)))
-    return lines + memory_lines(report.memory)
+    health = health_sentence(report)
+    return lines + ([("Health", health)] if health else []) + memory_lines(report.memory)
 
 
 def _speed_band(b) -> str:
@@ -137,7 +143,9 @@ def _fit_sentence(m: Memory) -> str:
     for level, d, ci in ((90, fit.distance_90_tokens, fit.distance_90_ci95),
                          (50, fit.distance_50_tokens, fit.distance_50_ci95)):
         if d is None:
-            parts.append(f"below {level} %: not within the distances measured")
+            nearest = m.by_distance[0] if m.by_distance else None
+            parts.append(f"below {level} % already at the nearest distances measured" if nearest
+                         and nearest.recall < level / 100 else f"below {level} %: not within the distances measured")
             continue
         bounded = ci is not None and None not in ci
         parts.append(f"below {level} % at {d:,} tokens back"
@@ -175,3 +183,29 @@ def verdict_lines(verdicts: list[Verdict]) -> list[str]:
 
 VERDICT_TITLE = ("Differences (each run against the first; recall by Fisher's exact test, speed by "
                  "Mann-Whitney's U over the turns in the same context band; p < 0.05 is called a difference)")
+
+
+def settings_sentence(reports: list[RunReport]) -> str | None:
+    """What differs between the project's server settings of the runs compared (None when no
+    run knows them)."""
+    known = [r.server_settings for r in reports]
+    if not any(known):
+        return None
+    if not all(known):
+        return "only some runs were made on the project's own server: their settings cannot all be compared"
+    differ = differences([k for k in known if k])
+    return ("the runs differ in: " + ", ".join(differ)) if differ else "the runs were made with the same settings"
+
+
+def health_sentence(report: RunReport) -> str | None:
+    """The answers' health in words, when it is poor enough to read every other figure by."""
+    ok = [r for r in report.turns if r.status == Status.OK]
+    ratios = [r.repeat_3gram_ratio for r in ok if r.repeat_3gram_ratio is not None]
+    if not ok or not ratios:
+        return None
+    repeat, empty = sum(ratios) / len(ratios), sum(1 for r in ok if r.empty_answer)
+    if repeat <= LOOPING and empty / len(ok) <= 0.25:
+        return None
+    what = "the answers loop on themselves" if repeat > LOOPING else "many answers are empty"
+    return (f"{what} (repeated 3-grams {repeat:.3f}, {plural(empty, 'empty answer')} of {len(ok)}): the model's "
+            "text is broken, and every other figure, recall above all, measures broken text")

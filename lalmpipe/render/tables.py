@@ -102,7 +102,7 @@ def depth_comparison(reports: list[RunReport]) -> tuple[list[list[str]], list[st
                                          for h, _ in DEPTH_COMPARED]
     rows = []
     for t in turns:
-        est = sorted({m[t].context_tokens_est for m in by_turn if t in m} - {None})
+        est = sorted({e for e in (m[t].context_tokens_est for m in by_turn if t in m) if e is not None})
         depth = "-" if not est else f"{est[0]}" if len(est) == 1 else f"{est[0]}-{est[-1]}"
         rows.append([str(t), depth] + [get(m[t]) if t in m else "-" for m in by_turn for _, get in DEPTH_COMPARED])
     legend = [f"[{i}] run {r.run_id}: {r.model}, {r.prefill}" for i, r in enumerate(reports, 1)]
@@ -127,7 +127,10 @@ def _summary(field: str) -> tuple[str, Callable[[RunReport], str]]:
 
 # a row each: its label, how to write a run's cell
 COMPARE: tuple[tuple[str, Callable[[RunReport], str]], ...] = (
+    ("name", lambda r: r.name),
     ("model", lambda r: r.model),
+    ("server settings", lambda r: " ".join(f"{k}={v}" for k, v in (r.server_settings or {}).items()
+                                          if k not in ("engine", "model-file")) or "-"),
     ("server", lambda r: cell((r.run.server.software or r.run.base_url) if r.run else None)),
     ("turns ok", lambda r: f"{r.summary.ok}/{r.summary.turns}"),
     _summary("ttft_mean_s"),

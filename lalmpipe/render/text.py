@@ -3,7 +3,7 @@ several runs each in turn, then their comparison."""
 from __future__ import annotations
 
 from ..results import Comparison, RunReport
-from .sentences import VERDICT_TITLE, history_sentence, summary_lines, verdict_lines
+from .sentences import VERDICT_TITLE, history_sentence, settings_sentence, summary_lines, verdict_lines
 from .tables import depth_comparison, depth_rows, depth_title, text_table, turn_rows
 
 
@@ -24,7 +24,8 @@ def text(doc: RunReport | Comparison) -> str:
     parts = [run_text(r) for r in reports]
     if isinstance(doc, Comparison):
         parts.append("Comparison\n\n" + "\n".join(text_table(doc.comparison, right=False))
-                     + f"\n\nHistory      {history_sentence(reports)}\n")
+                     + f"\n\nHistory      {history_sentence(reports)}\n"
+                     + (f"Settings     {settings}\n" if (settings := settings_sentence(reports)) else ""))
         if doc.verdicts:
             parts.append(VERDICT_TITLE + "\n\n" + "\n".join(verdict_lines(doc.verdicts)) + "\n")
         if any(r.chose_depths for r in reports):

@@ -1,0 +1,143 @@
+"""Sweeps of server configurations: the shorthands, what a run records of how the server was
+started, and a comparison that names what differs and says when the answers are broken."""
+import json
+
+import pytest
+
+from conftest import prompts_jsonl, run_main
+from lalmpipe import chat, configs, metrics, report
+from lalmpipe.errors import UsageError
+from lalmpipe.localserver.process import CONFIG_VAR
+from scripted import ForkedServer, _chunk, sse
+
+
+@pytest.mark.parametrize("config, args", [
+    ("kv=f16", ["-ctk", "f16", "-ctv", "f16"]),
+    ("kv=q8_0", ["-ctk", "q8_0", "-ctv", "q8_0", "-fa", "on"]),       # a quantised V cache needs flash attention
+    ("k=q4_0", ["-ctk", "q4_0"]),
+    ("kv=q4_0,fa=off", ["-ctk", "q4_0", "-ctv", "q4_0", "-fa", "off"]),
+    ("ctx=16384,fa=on", ["-c", "16384", "-fa", "on"]),
+    ("arg=--no-context-shift,arg=-b 256", ["--no-context-shift", "-b", "256"]),
+])
+def test_each_shorthand_gives_the_engines_arguments(config, args):
+    assert configs.args(config) == args
+
+
+@pytest.mark.parametrize("config, message", [
+    ("kv=q9_0", "cache type 'q9_0' is not one of"), ("fa=maybe", "fa is on, off or auto"),
+    ("ctx=big", "ctx is a number of tokens"), ("warp=9", "unknown 'warp'"), ("kv", "is not key=value"),
+])
+def test_a_configuration_it_cannot_read_is_refused_naming_it(config, message):
+    with pytest.raises(UsageError, match=message):
+        configs.args(config)
+
+
+def test_a_comparison_names_the_settings_that_differ():
+    a = configs.settings(["-ctk", "f16", "-ctv", "f16", "--no-context-shift"])
+    b = configs.settings(["-ctk", "q8_0", "-ctv", "q8_0", "-fa", "on", "--no-context-shift"])
+    assert a == {"cache-type-k": "f16", "cache-type-v": "f16", "no-context-shift": "on"}
+    assert configs.differences([a, b]) == ["cache-type-k", "cache-type-v", "flash-attn"]
+
+
+def answers(text):
+    return lambda i, body: sse((0.01, _chunk({"content": text})), (0.02, _chunk({}, finish="stop")),
+                               (0.03, "[DONE]"))
+
+
+def test_a_run_on_the_projects_server_records_how_it_was_started(monkeypatch, api_key):
+    with ForkedServer(answers("fine")) as srv:
+        config = {"base_url": srv.base_url, "engine": "llama.cpp's llama-server", "model": "m",
+                  "model_file": "m.gguf", "model_sha256": "ab" * 32, "ctx": 4096,
+                  "extra_args": ["-ctk", "q8_0", "-ctv", "q8_0", "-fa", "on"], "command": ["llama-server"]}
+        monkeypatch.setenv(CONFIG_VAR, json.dumps(config))
+        ran = run_main(chat.main, ["--base-url", srv.base_url, "-q", "--label", "q8"], prompts_jsonl(["a"]))
+        monkeypatch.setenv(CONFIG_VAR, json.dumps({**config, "base_url": "http://127.0.0.1:1/v1"}))
+        elsewhere = run_main(chat.main, ["--base-url", srv.base_url, "-q"], prompts_jsonl(["a"]))
+    run = ran.records[0]
+    assert (run["server"]["config"], run["label"]) == (config, "q8")
+    assert elsewhere.records[0]["server"]["config"] is None        # another server's run knows nothing of it
+
+
+def run_with(label, extra, text, n=6):
+    """A measured run made on the project's server with `extra` arguments, answering `text`."""
+    with ForkedServer(answers(text)) as srv:
+        import os
+        os.environ[CONFIG_VAR] = json.dumps({"base_url": srv.base_url, "engine": "llama.cpp", "model": "m",
+                                             "model_file": "m.gguf", "extra_args": extra})
+        try:
+            ran = run_main(chat.main, ["--base-url", srv.base_url, "-q", "--label", label],
+                           prompts_jsonl([f"q{i}" for i in range(n)]))
+        finally:
+            del os.environ[CONFIG_VAR]
+    return run_main(metrics.main, [], ran.out).out
+
+
+def test_the_comparison_says_what_differs_and_when_the_answers_are_broken(api_key, tmp_path):
+    good = run_with("f16", ["-ctk", "f16", "-ctv", "f16"], "A limiter caps the peaks of the master bus.")
+    salad = run_with("q4_0", ["-ctk", "q4_0", "-ctv", "q4_0", "-fa", "on"], "the the the the " * 20)
+    text = run_main(report.main, [], good + salad).out
+    assert "Settings     the runs differ in: cache-type-k, cache-type-v, flash-attn" in text
+    doc = json.loads(run_main(report.main, ["--format", "json"], good + salad).out)
+    table = {r[0]: r[1:] for r in doc["comparison"]}
+    assert table["name"] == ["f16", "q4_0"]
+    assert table["server settings"] == ["cache-type-k=f16 cache-type-v=f16",
+                                        "cache-type-k=q4_0 cache-type-v=q4_0 flash-attn=on"]
+    assert text.count("Health       the answers loop on themselves (repeated 3-grams 0.9") == 1
+    salad_id = doc["runs"][1]["run"]["run_id"]
+    good_part, salad_part = text.split(f"(run {salad_id})")
+    assert "Health" not in good_part and "of 6): the model's text is broken" in salad_part
+
+
+def forgets_after(n_messages):
+    """A scripted model answering the planted facts right while a request holds fewer messages."""
+    from scripted import FACTS
+
+    def answer(i, body):
+        messages = body["messages"]
+        fact = next((f for f in FACTS["facts"] if f["question"] == messages[-1]["content"]), None)
+        text = (fact["answer"] if len(messages) < n_messages else "Not sure, 60?") if fact else "An answer."
+        return sse((0.01, _chunk({"content": text})), (0.02, _chunk({}, finish="stop")), (0.03, "[DONE]"))
+    return answer
+
+
+def test_make_sweep_over_two_servers_reports_each_and_judges_the_difference(tmp_path, api_key):
+    import subprocess
+
+    from conftest import ROOT
+    from scripted import FACTS
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps(FACTS))
+    example = f"{ROOT}/docs/examples/smollm2.jsonl"
+    with ForkedServer(forgets_after(6)) as early, ForkedServer(forgets_after(1000)) as never:
+        done = subprocess.run(
+            ["make", "-s", "-o", "install", "-o", "server-bin", "sweep", f"BIN={ROOT}/bin", f"LOGS={tmp_path}",
+             f"ENDPOINTS=early={early.base_url} never={never.base_url}", f"HISTORY={example}",
+             "DEPTHS=300,500,700,900,1100", f"CHAT_ARGS=--probe-every 1 --facts {facts}",
+             "REPORT_ARGS=--min-fact-age 0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    [out] = tmp_path.glob("lalm_sweep_*Z.json")
+    stem = str(out)[:-len(".json")]
+    assert f"sweep {stem}.json, {stem}.md, page {stem}.html" in done.stderr
+    doc = json.loads(out.read_text())
+    assert [r["run"]["label"] for r in doc["runs"]] == ["early", "never"]
+    [overall] = [v for v in doc["verdicts"] if v["figure"] == "recall" and v["where"] == "overall"]
+    assert overall["values"][0] < overall["values"][1] == 1.0 and overall["n"] == [10, 10]
+    assert overall["verdict"].startswith("differs (p = ")
+    assert "recall overall: " in done.stdout and "differs" in done.stdout
+
+
+def test_a_configuration_that_fails_is_reported_and_the_sweep_goes_on(tmp_path, api_key):
+    import subprocess
+
+    from conftest import ROOT
+    example = f"{ROOT}/docs/examples/smollm2.jsonl"
+    with ForkedServer(forgets_after(1000)) as up:
+        done = subprocess.run(
+            ["make", "-s", "-o", "install", "-o", "server-bin", "sweep", f"BIN={ROOT}/bin", f"LOGS={tmp_path}",
+             f"ENDPOINTS=gone=http://127.0.0.1:9/v1 up={up.base_url}", f"HISTORY={example}", "DEPTHS=300,500"],
+            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "make sweep: gone failed (see above); going on" in done.stderr
+    assert "; failed: gone" in done.stderr
+    [out] = tmp_path.glob("lalm_sweep_*Z.json")
+    assert json.loads(out.read_text())["run"]["label"] == "up"          # one run left: its own report
