@@ -44,7 +44,8 @@ def test_metrics_match_the_schedule_in_every_dialect(dialect, api_key):
                 assert (row["prompt_tokens_source"], row["context_tokens_source"], row["tokens_source"]) == (
                     "estimate", "estimate", "tiktoken")
                 assert row["completion_tokens"] == row["content_tokens"]
-                assert row["context_tokens"] == row["context_tokens_est"] == row["prompt_tokens"] + row["completion_tokens"]
+                assert row["context_tokens"] == row["context_tokens_est"] \
+                    == row["prompt_tokens"] + row["completion_tokens"]
             else:
                 assert row["prompt_tokens"] == truth.prompt_tokens
                 assert row["completion_tokens"] == truth.completion_tokens
@@ -58,10 +59,12 @@ def test_metrics_match_the_schedule_in_every_dialect(dialect, api_key):
         reasoning_s = 0.29 if dialect != "think_inline" else 0.32
         return {
             "ttft_ms": [abs(row["ttft_s"] - truth.ttft_s) * 1000 for row, truth in zip(rows, truths)],
-            "content_ms": [abs(row["ttft_content_s"] - truth.ttft_content_s) * 1000 for row, truth in zip(rows, truths)],
+            "content_ms": [abs(row["ttft_content_s"] - truth.ttft_content_s) * 1000
+                           for row, truth in zip(rows, truths)],
             "decode": [abs(row["decode_tps"] / truth.rate_tps - 1) for row, truth in zip(rows, truths)],
             "reasoning_ms": [abs(row["reasoning_s"] - reasoning_s) * 1000 for row in rows if row["reasoning_s"]],
-            "prefill": [abs(rows[1]["prefill_tps"] * TTFTS[1] / (150 - 40) - 1)] if dialect == "reasoning_content" else [],
+            "prefill": [abs(rows[1]["prefill_tps"] * TTFTS[1] / (150 - 40) - 1)]
+            if dialect == "reasoning_content" else [],
         }
 
     def on_schedule(errors):

@@ -64,7 +64,8 @@ def test_every_option_says_what_it_does_and_a_set_default_shows(name):
 
 
 def test_prompts_selection():
-    ids = lambda argv: [r["id"] for r in run_main(prompts.main, argv).records]
+    def ids(argv):
+        return [r["id"] for r in run_main(prompts.main, argv).records]
     assert ids([]) == list(range(1, 232))
     assert ids(["--tier", "expert"]) == list(range(121, 161))
     assert ids(["--tier", "foundations", "--tier", "ultra-deep", "--num-rounds", "42"]) == \

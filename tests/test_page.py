@@ -126,7 +126,8 @@ def test_one_row_per_turn_with_the_numbers_of_the_json_report(hostile):
     assert [cells[-1][0] for cells in hostile_rows] == ["ok", "http", "ok"]
     # the scripted server sent no usage: the context sizes are the client's, marked as in the text report
     assert [cells[2][0] for cells in hostile_rows] == [
-        f"≈ {t['context_tokens']}" if t["context_tokens"] is not None else "-" for t in json_report(hostile[0])["turns"]]
+        f"≈ {t['context_tokens']}" if t["context_tokens"] is not None else "-"
+        for t in json_report(hostile[0])["turns"]]
     assert hostile_rows[0][2][0].startswith("≈ ")
 
 

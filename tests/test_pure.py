@@ -176,9 +176,10 @@ def test_the_ceiling_is_the_context_breaking_not_any_failure():
                    {"status": "error", "error_kind": "http"},
                    {"status": "error", "error_kind": "context_overflow", "prompt_tokens": 2100,
                     "prompt_tokens_source": "server"})
-    assert msgspec.to_builtins(aggregate.ceiling(rows)) == {"turn": 5, "context_tokens": 2100, "reason": "context_overflow",
-                                     "last_ok_context_tokens": 1900, "over_window_tokens": None,
-                                     "overflow_tokens": None}
+    assert msgspec.to_builtins(aggregate.ceiling(rows)) == {"turn": 5, "context_tokens": 2100,
+                                                            "reason": "context_overflow",
+                                                            "last_ok_context_tokens": 1900, "over_window_tokens": None,
+                                                            "overflow_tokens": None}
     assert aggregate.ceiling(rows[:4]) is None
 
 

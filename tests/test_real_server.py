@@ -170,8 +170,8 @@ def test_a_second_signal_while_the_wrapper_stops_leaves_nothing_running():
 
 
 def test_a_failing_command_still_stops_the_server():
-    p = subprocess.run([sys.executable, "-m", "lalmpipe.localserver", "run", "--model", "smollm2-135m", "--", "sh", "-c",
-                        "curl -sf $OPENAI_BASE_URL/models > /dev/null && exit 3"],
+    p = subprocess.run([sys.executable, "-m", "lalmpipe.localserver", "run", "--model", "smollm2-135m", "--",
+                        "sh", "-c", "curl -sf $OPENAI_BASE_URL/models > /dev/null && exit 3"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 3
     url = p.stderr.strip().splitlines()[-1].rsplit(" at ", 1)[1]

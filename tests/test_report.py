@@ -206,7 +206,8 @@ def test_an_answer_cut_by_max_tokens_is_not_judged_on_the_rule(api_key):
         text, finish = answers[i]
         return sse((0.01, _chunk({"content": text})), (0.02, _chunk({}, finish=finish)), (0.03, "[DONE]"))
     with ForkedServer(answer) as srv:
-        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "scripted", "-q"], prompts_jsonl(["a", "b", "c"]))
+        ran = run_main(chat.main, ["--base-url", srv.base_url, "--model", "scripted", "-q"],
+                       prompts_jsonl(["a", "b", "c"]))
     records = [json.loads(x) for x in ran.out.splitlines()]
     records[0]["settings"]["rule"] = rule     # as --probe-every sets it
     m = run_main(metrics.main, [], "".join(json.dumps(r) + "\n" for r in records))
