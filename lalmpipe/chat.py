@@ -214,7 +214,7 @@ def _run(args, stdin, stdout, stderr) -> int:
         raise UsageError("--at and --every need --history RECORDING: the answers of the "
                          "turns not sent would not exist")
     if args.repeat is not None and not (args.at or args.every or args.depths):
-        raise UsageError("--repeat needs --at or --every: it sends each chosen turn again")
+        raise UsageError("--repeat needs --at, --every or --depths: it sends each chosen turn again")
     args.repeat = args.repeat or 1
     if args.resume and not args.output:
         raise UsageError("--resume needs --output FILE")

@@ -51,14 +51,15 @@ def _recall(a: RunReport, b: RunReport) -> list[Verdict]:
 
 
 def _depth_recall(a: RunReport, b: RunReport) -> list[Verdict]:
-    """Recall after each turn both depth runs measured and probed."""
+    """Recall after each prompt both depth runs measured and probed (by prompt: repeats
+    change the turn numbers)."""
     if not (a.chose_depths and b.chose_depths):
         return []
-    theirs = {d.turn: d for d in b.depths}
-    return [_verdict("recall", f"after turn {x.turn}", a, b,
+    theirs = {d.prompt_id: d for d in b.depths}
+    return [_verdict("recall", f"after prompt {x.prompt_id}", a, b,
                      [round(x.recalled / x.probes, 4), round(y.recalled / y.probes, 4)], [x.probes, y.probes],
                      share_difference((x.recalled, x.probes), (y.recalled, y.probes)))
-            for x in a.depths if (y := theirs.get(x.turn)) is not None and x.probes and y.probes]
+            for x in a.depths if (y := theirs.get(x.prompt_id)) is not None and x.probes and y.probes]
 
 
 def _by_band(report: RunReport) -> dict[int, list[Metrics]]:

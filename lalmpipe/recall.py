@@ -10,6 +10,7 @@ prompts/ folder, or --facts):
               "check": "<a regular expression the answer must match>"},
      "facts": [{"id": "release", "stated_in": 11,
                 "question": "Quick check from earlier, answer in a few words: ...",
+                "questions": ["Quick check from earlier: ...?"],   # other wordings (--probe-forms)
                 "answer": "120 ms",                    # the canonical text
                 "expect": [{"value": 120, "unit": "ms"}],
                 "besides": ["attack"]}]}
@@ -197,7 +198,7 @@ def correct(answer: str, fact: Fact) -> bool:
         and not any(_rival(m, expected) for m in given)
 
 
-def _of_kind(i: Item, m: Mention) -> bool:
+def of_kind(i: Item, m: Mention) -> bool:
     if i.kind == "count":
         return not m.unit and not m.bare and i.nouns is not None and bool(i.nouns.match(m.rest))
     return m.dimension == i.dimension or (m.dimension == "decibel" and i.dimension in DECIBELS)
@@ -209,7 +210,7 @@ def _matches(i: Item, m: Mention) -> bool:
         return any(_same(i, m.number * f, m.signed) for f in factors)
     if i.kind == "count" and i.nouns is None:
         return not m.unit and _same(i, m.number, m.signed)
-    return _of_kind(i, m) and _same(i, m.value, m.signed)
+    return of_kind(i, m) and _same(i, m.value, m.signed)
 
 
 def _same(i: Item, value: float, signed: bool) -> bool:
@@ -222,7 +223,7 @@ def _rival(m: Mention, expected: list[Item]) -> bool:
     """A value the answer offers that is no expected one."""
     if m.bare:
         return not any(_matches(i, m) for i in expected)
-    kin = [i for i in expected if _of_kind(i, m)]
+    kin = [i for i in expected if of_kind(i, m)]
     return bool(kin) and not any(_matches(i, m) for i in kin)
 
 

@@ -353,12 +353,12 @@ def test_runs_over_one_history_are_compared_depth_by_depth(recording, facts):
     text = run_main(report.main, ["--depths"], cold + warm).out
     lines = text.splitlines()
     assert lines[0].startswith("Depths; history shared: both runs were sent the answers of run ")
-    assert lines[2].split() == ["turn", "depth", "(cl100k)"] + [
+    assert lines[2].split() == ["prompt", "depth", "(cl100k)"] + [
         w for i in ("[1]", "[2]") for w in ("TTFT", "s", i, "prefill", "tok/s", i, "cached", i,
                                             "decode", "tok/s", i, "reason", "tok", i, "recall", i)]
     for line, c, w, recall in zip(lines[3:5], cold_rows, warm_rows, ("2/2", "0/2")):
         assert c["context_tokens_est"] == w["context_tokens_est"]          # the same messages (cache_prompt)
-        assert line.split() == [str(c["turn"]), str(c["context_tokens_est"])] + [
+        assert line.split() == [str(c["prompt_id"]), str(c["context_tokens_est"])] + [
             x for r in (c, w) for x in (cell(r["ttft_s"], ".3f"), cell(r["prefill_tps"], ".1f"),
                                         _share(r), cell(r["decode_tps"], ".1f"), str(r["reasoning_tokens"]),
                                         recall)]
@@ -560,4 +560,4 @@ def test_the_depth_of_a_turn_sent_three_times_by_hand():
 def test_repeat_without_chosen_turns_is_refused_before_any_input(flags, api_key):
     ran = run_main(chat.main, ["--base-url", "http://127.0.0.1:9/v1", *flags], "not json at all\n")
     assert ran.code == 2 and ran.out == ""
-    assert ran.err == "lalm-chat: error: --repeat needs --at or --every: it sends each chosen turn again\n"
+    assert ran.err == "lalm-chat: error: --repeat needs --at, --every or --depths: it sends each chosen turn again\n"

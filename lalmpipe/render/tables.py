@@ -93,19 +93,20 @@ def depth_rows(report: RunReport) -> list[list[str]]:
 
 
 def depth_comparison(reports: list[RunReport]) -> tuple[list[list[str]], list[str]]:
-    """The runs' depths side by side, heading first, one row per turn any run
-    measured; the depth is the client's cl100k count, the same for every
-    server over a shared history. Also the legend of the numbered runs."""
-    by_turn = [{d.turn: d for d in r.depths} for r in reports]
-    turns = sorted(set().union(*by_turn))
-    head = ["turn", "depth (cl100k)"] + [f"{h} [{i}]" for i in range(1, len(reports) + 1)
-                                         for h, _ in DEPTH_COMPARED]
+    """The runs' depths side by side, heading first, one row per prompt any run measured
+    (matched by prompt, so that runs with and without --repeat line up); the depth is the
+    client's cl100k count, the same for every server over a shared history. Also the
+    legend of the numbered runs."""
+    by_prompt = [{d.prompt_id: d for d in r.depths} for r in reports]
+    prompts = sorted(set().union(*by_prompt) - {None})
+    head = ["prompt", "depth (cl100k)"] + [f"{h} [{i}]" for i in range(1, len(reports) + 1)
+                                           for h, _ in DEPTH_COMPARED]
     rows = []
-    for t in turns:
-        est = sorted({e for e in (m[t].context_tokens_est for m in by_turn if t in m) if e is not None})
+    for p in prompts:
+        est = sorted({e for e in (m[p].context_tokens_est for m in by_prompt if p in m) if e is not None})
         depth = "-" if not est else f"{est[0]}" if len(est) == 1 else f"{est[0]}-{est[-1]}"
-        rows.append([str(t), depth] + [get(m[t]) if t in m else "-" for m in by_turn for _, get in DEPTH_COMPARED])
-    legend = [f"[{i}] run {r.run_id}: {r.model}, {r.prefill}" for i, r in enumerate(reports, 1)]
+        rows.append([str(p), depth] + [get(m[p]) if p in m else "-" for m in by_prompt for _, get in DEPTH_COMPARED])
+    legend = [f"[{i}] run {r.run_id}: {r.name}, {r.prefill}" for i, r in enumerate(reports, 1)]
     return [head] + rows, legend
 
 
