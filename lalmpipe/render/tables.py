@@ -98,7 +98,7 @@ def depth_comparison(reports: list[RunReport]) -> tuple[list[list[str]], list[st
     client's cl100k count, the same for every server over a shared history. Also the
     legend of the numbered runs."""
     by_prompt = [{d.prompt_id: d for d in r.depths} for r in reports]
-    prompts = sorted(set().union(*by_prompt) - {None})
+    prompts = sorted({p for m in by_prompt for p in m if p is not None})
     head = ["prompt", "depth (cl100k)"] + [f"{h} [{i}]" for i in range(1, len(reports) + 1)
                                            for h, _ in DEPTH_COMPARED]
     rows = []
