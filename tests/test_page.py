@@ -46,7 +46,10 @@ def _reply(i, body):
     if i == 1:
         return Script(status=400, body=ERROR_BODY.encode(), headers={"Content-Type": "application/json"})
     deltas = [{"reasoning_content": "Thinking: " + HOSTILE_TEXT}] if i == 0 else []
-    return deltas_script(deltas + [{"content": f"Answer {i + 1}:\n"}, {"content": HOSTILE_TEXT}])
+    script = deltas_script(deltas + [{"content": f"Answer {i + 1}:\n"}, {"content": HOSTILE_TEXT}])
+    # the stream names the hostile model too: it is the model the run measured
+    named = ('"model": ' + json.dumps(MODEL)).encode()
+    return Script(events=[(t, e.replace(b'"model": "scripted"', named)) for t, e in script.events])
 
 
 @pytest.fixture(scope="module")
