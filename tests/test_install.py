@@ -176,7 +176,7 @@ def test_installed_pipeline_replays_the_example(venv_bin, elsewhere):
     assert (summary["prompt_tokens_total"], summary["completion_tokens_total"]) \
         == recorded_usage_totals(EXAMPLE)
     # the installed prompts are the ones the recording was made with
-    assert "not the recorded prompt" not in server.log, server.log
+    assert "no recorded turn answers" not in server.log, server.log
 
 
 def test_installed_chat_finds_its_facts(venv_bin, elsewhere):
@@ -193,3 +193,25 @@ def test_installed_chat_finds_its_facts(venv_bin, elsewhere):
     assert run_record["settings"]["rule"] == facts["rule"]
     assert [f["id"] for f in run_record["settings"]["facts"]] == [f["id"] for f in facts["facts"]]
     assert [r["status"] for r in records if r["kind"] == "turn"] == ["ok"]
+
+
+def test_nothing_is_written_into_the_installed_package_at_run_time(venv_bin, elsewhere):
+    package = run([venv_bin / "python", "-c", "import lalmpipe, os; print(os.path.dirname(lalmpipe.__file__))"],
+                  cwd=elsewhere).stdout.strip()
+
+    def files():
+        return sorted(os.path.join(d, f) for d, _, fs in os.walk(package) for f in fs if "__pycache__" not in d)
+    before = files()
+    with replaying(venv_bin, elsewhere) as server:
+        script = pipeline(venv_bin, ("lalm-prompts", "--num-rounds", "3"),
+                          ("lalm-chat", "--base-url", server.url, "-q"), ("lalm-metrics",),
+                          ("lalm-report", "--format", "json"))
+        doc = json.loads(run(["bash", "-c", script], cwd=elsewhere).stdout)
+    env = {**clean_env(), "XDG_CACHE_HOME": str(elsewhere)}
+    env.pop("LALM_CACHE", None)
+    cache = subprocess.run([str(venv_bin / "python"), "-c", "from lalmpipe.localserver import catalog; "
+                            "print(catalog.cache_dir())"], cwd=elsewhere, env=env, capture_output=True,
+                           text=True, timeout=60).stdout.strip()
+    assert files() == before
+    assert cache == os.path.join(str(elsewhere), "lalmpipe") and not cache.startswith(package)
+    assert doc["summary"]["ttft_slope_ci95"] is not None          # the intervals' libraries came with the wheel
