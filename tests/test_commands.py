@@ -267,7 +267,9 @@ def test_a_closed_pipe_ends_metrics_quietly(tmp_path):
     env = dict(os.environ, PATH=os.path.join(ROOT, "bin") + os.pathsep + os.environ["PATH"])
     fixture = os.path.join(FIXTURES, "llama.in.jsonl")
     big = tmp_path / "big.jsonl"
-    big.write_text(open(fixture).read() * 40)         # far more output than a pipe buffer holds
+    run = open(fixture).read()
+    # far more output than a pipe buffer holds: forty runs (each its own id: a run read twice is dropped)
+    big.write_text("".join(run.replace("cec43a697e1c", f"run{i:08d}") for i in range(40)))
     p = subprocess.run(f"lalm-metrics {big} | head -c 10", shell=True, capture_output=True, env=env)
     assert p.returncode == 0 and p.stderr == b"" and len(p.stdout) == 10
     p = subprocess.run(f"set -o pipefail; lalm-metrics {big} | head -c 10", shell=True,

@@ -55,3 +55,4 @@ def test_each_depth_is_the_first_turn_whose_request_reaches_it():
     assert sorted(chosen.values()) == [10, 250, 500]
     with pytest.raises(UsageError, match="--depths 100,000: the history .h. reaches"):
         depth_turns(h, prompts, [100_000])
+
