@@ -32,7 +32,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from .bundled import bundled, open_text
-from .errors import InputError
+from .errors import InputError, UsageError
 from .facts import DEFAULT_FACTS, load_facts
 from .numbers import numbers
 from .prompts import DEFAULT_FILE, load
@@ -63,8 +63,12 @@ def sha256(path) -> str:
 
 def read_reference(path=REFERENCE) -> tuple[dict, dict[int, dict]]:
     """The reference's first line (how it was made) and its answers by prompt id."""
-    with open_text(path) as fp:
-        lines = [json.loads(line) for line in fp if line.strip()]
+    try:
+        with open_text(path) as fp:
+            lines = [json.loads(line) for line in fp if line.strip()]
+    except FileNotFoundError:
+        raise UsageError("the reference conversation is not in this lalmpipe yet (make reference writes it): "
+                         "give --history RECORDING, any lalm-chat recording") from None
     if not lines or lines[0].get("kind") != "reference":
         raise InputError(f"{path}:1: not a reference conversation (no 'reference' first line)")
     return lines[0], {r["prompt_id"]: r for r in lines[1:]}

@@ -9,7 +9,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+# the checkout's cache of the built llama-server and the models, as the Makefile sets it
+os.environ.setdefault("LALM_CACHE", os.path.join(ROOT, ".cache"))
+
 SECRET = "sk-test-secret-do-not-leak-1234"
+
+
+def pytest_runtest_setup(item):
+    """A browser test without the browser is skipped, saying why (make browser installs it)."""
+    if item.get_closest_marker("browser"):
+        import browser
+        if not browser.have_chromium():
+            pytest.skip(f"no Chromium at {browser.CHROMIUM}: make browser installs Debian's chromium (as root)")
 
 
 class Ran:

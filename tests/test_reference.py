@@ -56,3 +56,35 @@ def test_each_depth_is_the_first_turn_whose_request_reaches_it():
     with pytest.raises(UsageError, match="--depths 100,000: the history .h. reaches"):
         depth_turns(h, prompts, [100_000])
 
+
+
+def test_without_the_reference_a_depth_run_says_how_to_get_one(tmp_path):
+    with pytest.raises(UsageError, match=r"make reference writes it\): give --history RECORDING"):
+        reference.read_reference(tmp_path / "lalm_reference.jsonl")
+
+
+def test_two_models_at_the_same_depths_are_sent_byte_identical_requests(api_key):
+    import json
+    import os
+
+    from conftest import ROOT, run_main
+    from lalmpipe import chat
+    from lalmpipe.prompts import DEFAULT_FILE, load
+    from scripted import ForkedServer, _chunk, sse
+
+    def answer(i, body):
+        return sse((0.01, _chunk({"content": "An answer."})), (0.02, _chunk({}, finish="stop")), (0.03, "[DONE]"))
+    example = os.path.join(ROOT, "docs", "examples", "smollm2.jsonl")
+    prompts = "".join(json.dumps(p.to_dict()) + "\n" for p in load(DEFAULT_FILE))
+    sent, runs = [], []
+    for model in ("model-a", "model-b"):
+        with ForkedServer(answer, models=[model]) as srv:
+            ran = run_main(chat.main, ["--base-url", srv.base_url, "-q", "--history", example,
+                                       "--depths", "300,700,1100", "--temperature", "0"], prompts)
+            assert ran.code == 0, ran.err
+            sent.append([json.dumps(r["body"]["messages"]) for r in srv.requests])
+            runs.append(ran.records)
+    assert len(sent[0]) == 3 and sent[0] == sent[1]
+    settings = runs[0][0]["settings"]
+    assert [target for _, target in settings["depths"]] == [300, 700, 1100]
+    assert settings["at"] == [pid for pid, _ in settings["depths"]]
