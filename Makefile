@@ -45,8 +45,8 @@ DEMO_ROUNDS   = $(if $(OTHER_ENGINE),8,40)
 DEMO_PROBES   = $(if $(OTHER_ENGINE),4,10)
 DEMO_FACT_AGE = $(if $(OTHER_ENGINE),2,4)
 
-.PHONY: install server-bin server server-stop demo bench depth compare sweep reference report browser test perf clean \
-        engines test-engines record-engines lint
+.PHONY: install server-bin server server-stop demo bench depth compare sweep reference report browser lint test test-fast perf clean \
+        engines test-engines record-engines
 
 install: $(STAMP)
 
@@ -176,15 +176,26 @@ perf: install
 
 # the page tests open lalm-report's HTML in headless Chromium, Debian's package
 browser:
-	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+	  || echo "make browser: cannot install Debian's chromium here (it needs root and apt): the browser tests are skipped" >&2
 
 # the static checks (make test runs them first): ruff's rules and mypy, as pyproject.toml sets them
 lint: install
 	$(BIN)/ruff check lalmpipe tests
 	$(BIN)/mypy lalmpipe
 
+# the tiers (markers in pyproject.toml): the fast one leaves out the real server, the browser,
+# the wheel installs and the wall-clock checks; make test runs everything, the independent
+# tests two at a time, then the real-server and timing ones alone, so that no busy neighbour
+# spoils the client's clock
+FAST = not real_server and not browser and not install and not timing
+
+test-fast: install
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "$(FAST)"
+
 test: server-bin browser lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not real_server and not timing"
+	$(BIN)/python -m pytest -q -m "real_server or timing"
 
 # every engine installed (once each, one at a time: each build or install takes both cores)
 engines: server-bin
