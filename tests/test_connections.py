@@ -9,6 +9,8 @@ from lalmpipe.replay import Script
 from scripted import HANGUP, ForkedServer, stream
 from test_chat_scripted import chat_and_measure
 
+pytestmark = pytest.mark.timing
+
 TTFTS = [0.100, 0.130, 0.160, 0.190, 0.220]
 
 

@@ -56,6 +56,7 @@ def events(turn):
     return [json.loads(c[1]) for c in turn["chunks"] if c[1] != "[DONE]"]
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("name", ENGINES)
 def test_a_replayed_engine_run_measures_as_recorded(name):
     recorded, again = replay_of(name)
@@ -94,6 +95,7 @@ def test_without_usage_the_counts_are_the_clients_estimates():
     assert "s per 1,000 context tokens" in again.text and "?" not in again.text
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("name", ENGINES)
 def test_the_end_of_a_stream_with_no_done_is_its_close(name):
     recorded, again = replay_of(name)
@@ -105,6 +107,7 @@ def test_the_end_of_a_stream_with_no_done_is_its_close(name):
         assert row["e2e_s"] == pytest.approx(last_event / SPEED, abs=0.05)
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("name", ENGINES)
 def test_a_role_chunk_is_not_the_first_token(name):
     recorded, again = replay_of(name)
@@ -140,6 +143,7 @@ def test_an_overflow_of_a_known_window_is_over_that_window(name):
     assert "over the 1,024-token window" in recorded.text
 
 
+@pytest.mark.timing
 def test_ping_comments_during_a_long_prefill_are_not_events(api_key):
     """llama-cpp-python's answer to a long prompt, line by line as it came
     (tests/fixtures/engines/llama-cpp-python-ping.json), served again at its times."""

@@ -40,6 +40,7 @@ def test_transient_5xx_is_retried_and_counted(api_key):
     assert len(reqs) == 2 and "retry 1" in ran.err
 
 
+@pytest.mark.timing
 def test_429_honours_retry_after(api_key):
     t0 = time.monotonic()
     ran, turns, _ = converse([error_body(429, '{"error":"slow down"}', **{"Retry-After": "0.6"}), ok()], 1)
@@ -99,6 +100,7 @@ def test_empty_200_and_a_cut_stream(api_key):
     assert turns[0]["error"]["kind"] == "stream" and len(turns[0]["chunks"]) == 10
 
 
+@pytest.mark.timing
 def test_a_stall_ends_the_turn_with_timeout(api_key):
     stall = stream("plain", n_content=30, ttft_s=0.02, rate_tps=500)[0]
     stall.events = stall.events[:5] + [(5.0, stall.events[5][1])]
@@ -224,6 +226,7 @@ def test_warns_when_the_conversation_will_not_fit(api_key):
     assert f"the 2 prompts alone take about {2 * need} and each" in ran.err
 
 
+@pytest.mark.timing
 def test_timeout_bounds_the_wait_for_a_first_token(api_key):
     late = sse((3.0, json.dumps({"choices": [{"index": 0, "delta": {"content": "late"}}]})), (3.1, "[DONE]"))
     t0 = time.monotonic()
@@ -288,6 +291,7 @@ def test_an_overflow_is_over_the_window_by_the_servers_own_count(api_key, server
 PING = b": ping - 2026-11-29 19:00:00.000000+00:00\r\n\r\n"
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("limit, message", [(("--stall-timeout", "0.5"), "no data event for 0.5 s"),
                                             (("--timeout", "0.5"), "turn took longer than --timeout 0.5 s")])
 def test_keep_alive_comments_do_not_hide_a_stall(api_key, limit, message):
@@ -305,6 +309,7 @@ def test_keep_alive_comments_do_not_hide_a_stall(api_key, limit, message):
     assert len(turns[0]["chunks"]) == 4 and len(turns) == 1
 
 
+@pytest.mark.timing
 def test_keep_alive_comments_are_neither_tokens_nor_chunks(api_key):
     from scripted import llama_cpp_python
     pings = (0.05, 0.1, 0.15, 0.2, 0.25, 0.31, 0.45, 0.61)

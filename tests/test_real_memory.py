@@ -10,6 +10,8 @@ from conftest import run_main
 from lalmpipe import chat, metrics, prompts, report
 from lalmpipe.localserver import LocalServer
 
+pytestmark = pytest.mark.real_server
+
 WINDOW_TOKENS = 16384
 
 

@@ -16,6 +16,8 @@ from conftest import ROOT, run_main
 from lalmpipe import chat, metrics, report, tokens
 from lalmpipe.localserver import LocalServer
 
+pytestmark = pytest.mark.real_server
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 THINK_TEMPLATE = os.path.join(HERE, "fixtures", "chatml-think.jinja")
 # makes a 135M model that never thinks emit a <think> block first
@@ -51,6 +53,7 @@ def pipeline(srv, n, *chat_args):
     return c.records, [r for r in m.records if r["kind"] == "metrics"], m.out
 
 
+@pytest.mark.timing
 def test_growing_conversation_on_the_real_server(server, api_key):
     turns, rows, _ = pipeline(server, 6, "--max-tokens", "48", "--temperature", "0")
     run = turns[0]
