@@ -224,7 +224,7 @@ class ForkedServer:
         return self
 
     def __exit__(self, *exc):
-        self.requests  # drain before the child goes
+        _ = self.requests  # drain before the child goes
         self._proc.terminate()
         self._proc.join(5)
         self._server.server_close()
