@@ -3,6 +3,8 @@ and the server that plays them."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from dataclasses import dataclass
 
 from lalmpipe import replay
@@ -189,42 +191,95 @@ class _Handler(replay._Handler):
 
 class ForkedServer:
     """A ScriptedServer in a child process, so its pacing never shares the
-    client's interpreter lock: the timing truth stays the schedule."""
+    client's interpreter lock: the timing truth stays the schedule.
+
+    The child sends each request up a pipe before it answers it, and counts it;
+    a thread here reads them. So `requests` holds every request a client has had
+    an answer to, without waiting on a timeout, and stopping is at once.
+    """
 
     def __init__(self, answer, closes: str | None = None, **kwargs):
         import multiprocessing
 
-        ctx = multiprocessing.get_context("fork")
-        self._queue = ctx.Queue()
-        self._server = ScriptedServer(answer, on_request=self._queue.put, **kwargs)
+        self._ctx = multiprocessing.get_context("fork")
+        self._told = self._ctx.Value("i", 0)       # requests the child has sent up the pipe
+        self._sending = threading.Lock()          # the child's handler threads send one at a time
+        self._arrived = threading.Condition()
+        self._read_so_far: list[dict] = []        # by the reader thread
+        self._requests: list[dict] = []           # handed out: it grows only when looked at
+        self._server = ScriptedServer(answer, on_request=self._tell, **kwargs)
         self._server.RequestHandlerClass = _Handler
         self._server.closes = closes      # None, "announced" or "silent" (see _Handler)
-        self._proc = ctx.Process(target=self._serve, daemon=True)
-        self._requests: list[dict] = []
         self.base_url = self._server.base_url
 
     def _serve(self) -> None:
+        import os
         import signal
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # a script that ends the child (os._exit) closes the port first: left to the exit,
+        # the connection's close could come first, and a client's quick resend would land in
+        # the dying listener's backlog and be reset instead of refused
+        exit_now = os._exit
+
+        def exit_port_first(code: int) -> None:
+            self._server.socket.close()
+            exit_now(code)
+        os._exit = exit_port_first
         self._server.serve_forever()
+
+    def _tell(self, request: dict) -> None:
+        """In the child, before the request is answered: the whole request is in
+        the pipe, and counted, even if the script then ends the child."""
+        with self._sending:
+            self._up.send(request)
+            with self._told.get_lock():
+                self._told.value += 1
+
+    def _read(self) -> None:
+        """Here, until the child is gone: every request it sends, kept in order."""
+        try:
+            while True:
+                request = self._down.recv()
+                with self._arrived:
+                    self._read_so_far.append(request)
+                    self._arrived.notify_all()
+        except (EOFError, OSError):
+            pass
+
+    def _caught_up(self) -> bool:
+        """Take every request the child has counted, once read here; whether any was new."""
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: len(self._read_so_far) >= self._told.value, timeout=10):
+                raise TimeoutError(f"the scripted server counted {self._told.value} requests; "
+                                   f"{len(self._read_so_far)} came up its pipe")
+            new = self._read_so_far[len(self._requests):]
+        self._requests.extend(new)
+        return bool(new)
 
     @property
     def requests(self) -> list[dict]:
-        import queue
-        while True:
-            try:
-                self._requests.append(self._queue.get(timeout=0.2))
-            except queue.Empty:
-                return self._requests
+        """Every request answered or being answered so far, in the order they came."""
+        if not self._caught_up():
+            time.sleep(0.001)     # a caller polling for a request yet to come leaves the cores to the rest
+        return self._requests
 
     def __enter__(self):
+        # the pipe is made just before the child: no other child holds its end, so
+        # the reader sees its end as soon as this child is gone
+        self._down, self._up = self._ctx.Pipe(duplex=False)
+        self._proc = self._ctx.Process(target=self._serve, daemon=True)
         self._proc.start()
+        self._up.close()
         self._server.socket.close()   # only the child listens: if it dies, connections are refused
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         return self
 
     def __exit__(self, *exc):
-        _ = self.requests  # drain before the child goes
+        self._caught_up()  # before the child goes
         self._proc.terminate()
         self._proc.join(5)
+        self._reader.join(5)
+        self._down.close()
         self._server.server_close()

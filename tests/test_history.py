@@ -388,6 +388,7 @@ def test_runs_over_one_history_are_compared_depth_by_depth(recording, facts):
     assert refused.code == 2 and refused.err.endswith("--depths goes with --format text, markdown or csv\n")
 
 
+@pytest.mark.make_target
 def test_make_depth_runs_the_chosen_turns_and_keeps_the_depth_table(tmp_path):
     import subprocess
     from conftest import ROOT

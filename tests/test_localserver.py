@@ -334,6 +334,7 @@ def test_a_second_start_stops_the_first_server_and_listens_on_a_new_port(fake_se
     assert not os.path.exists(cache / "server.json")
 
 
+@pytest.mark.real_server
 def test_the_real_llama_server_refusing_an_argument_is_one_line_and_leaves_nothing(tmp_path):
     """Against the llama-server make server-bin built (into $LALM_CACHE, which make test sets)."""
     log = str(tmp_path / "llama-server.log")

@@ -339,6 +339,7 @@ def test_hostile_text_shows_as_text_and_runs_nothing(hostile, tmp_path):
 
 # ---- make bench ----
 
+@pytest.mark.make_target
 def test_make_bench_writes_the_page_with_the_texts(tmp_path):
     from test_replay import start_replay, stop
     proc, url = start_replay(EXAMPLE, "--speed", "0")
@@ -358,6 +359,7 @@ def test_make_bench_writes_the_page_with_the_texts(tmp_path):
     assert len(turns) == 8 and texts_of(root, "answer") == [t["content"] for t in turns]
 
 
+@pytest.mark.make_target
 def test_a_failed_make_bench_leaves_no_empty_files_and_says_what_to_do(tmp_path):
     done = subprocess.run(["make", "-s", "-o", "install", "bench", f"BIN={ROOT}/bin", "BASE_URL=http://127.0.0.1:9/v1",
                            "MODEL=m", "ROUNDS=1", f"LOGS={tmp_path}", "CHAT_ARGS=--retries 0 -q"],
@@ -369,6 +371,7 @@ def test_a_failed_make_bench_leaves_no_empty_files_and_says_what_to_do(tmp_path)
     assert not list(tmp_path.glob("*.metrics.jsonl"))
 
 
+@pytest.mark.make_target
 def test_make_bench_of_two_models_prints_where_the_comparison_went(tmp_path):
     from test_replay import start_replay, stop
     proc, url = start_replay(EXAMPLE, "--speed", "0")

@@ -109,6 +109,7 @@ class Terminal(io.StringIO):
         return True
 
 
+@pytest.mark.timing
 def test_live_progress_on_a_terminal_only(api_key):
     from scripted import ForkedServer, stream
     with ForkedServer(lambda i, b: stream("reasoning_content", n_reasoning=5, n_content=30,

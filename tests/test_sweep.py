@@ -100,6 +100,7 @@ def forgets_after(n_messages):
     return answer
 
 
+@pytest.mark.make_target
 def test_make_sweep_over_two_servers_reports_each_and_judges_the_difference(tmp_path, api_key):
     import subprocess
 
@@ -126,6 +127,7 @@ def test_make_sweep_over_two_servers_reports_each_and_judges_the_difference(tmp_
     assert "recall overall: " in done.stdout and "differs" in done.stdout
 
 
+@pytest.mark.make_target
 def test_a_configuration_that_fails_is_reported_and_the_sweep_goes_on(tmp_path, api_key):
     import subprocess
 
