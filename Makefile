@@ -111,54 +111,44 @@ depth: install
 	$(BIN)/lalm-report --depths --format markdown $(REPORT_ARGS) $$name.metrics.jsonl > $$name.depths.md; \
 	echo "recording $$name.jsonl, metrics $$name.metrics.jsonl, depth table $$name.depths.md" >&2
 
-# models side by side on the project's server, one after another, at the same depths of the
-# reference conversation; one comparison at the end (text, JSON, Markdown, page)
-compare: server-bin
-	@test -n "$(DEPTHS)" -a -n "$(MODELS)" || { echo "usage: make compare MODELS=\"qwen2.5-coder-0.5b smollm2-135m\" DEPTHS=1k,2k,4k [CHAT_ARGS='--probe-every 1']" >&2; exit 2; }
-	@mkdir -p $(LOGS); set -e; ts=$$(date -u +%Y%m%dT%H%M%SZ); out=$(LOGS)/lalm_compare_$$ts; all=""; texts=""; \
-	for m in $(MODELS); do \
-	  name=$${out}_$$(echo $$m | tr '/: ' '___'); \
-	  $(BIN)/python -m lalmpipe.localserver run --model $$m $(if $(CTX),--ctx $(CTX)) \
-	    $(if $(SERVER_ARGS),--server-args='$(SERVER_ARGS)') -- sh -c \
-	    "$(BIN)/lalm-prompts | $(BIN)/lalm-chat --depths $(DEPTHS) --max-tokens $(DEPTH_MAX_TOKENS) --output $$name.jsonl $(CHAT_ARGS) -q | $(BIN)/lalm-metrics > $$name.metrics.jsonl"; \
-	  all="$$all $$name.metrics.jsonl"; texts="$$texts --texts $$name.jsonl"; \
-	done; \
-	$(BIN)/lalm-report $(REPORT_ARGS) $$all | sed -n '/^Comparison/,$$p'; \
-	$(BIN)/lalm-report --depths $(REPORT_ARGS) $$all; \
-	$(BIN)/lalm-report --format json $(REPORT_ARGS) $$all > $$out.json; \
-	$(BIN)/lalm-report --format markdown $(REPORT_ARGS) $$all > $$out.md; \
-	$(BIN)/lalm-report --format html $(REPORT_ARGS) $$texts $$all > $$out.html; \
-	echo "comparison $$out.json, $$out.md, page $$out.html" >&2
-
 # server configurations side by side at the same depths of the reference conversation:
-# CONFIGS on the project's server (MODEL, or each of MODELS), or ENDPOINTS="a=URL b=URL" a user started
-CONFIGS   ?=
-ENDPOINTS ?=
+# CONFIGS on the project's server (MODEL, or each of MODELS: models are an axis too), or
+# ENDPOINTS="a=URL b=URL" a user started; one comparison at the end (text, JSON, Markdown, page)
+CONFIGS    ?=
+ENDPOINTS  ?=
+SWEEP_NAME ?= sweep
 sweep: server-bin
-	@test -n "$(DEPTHS)" -a -n "$(CONFIGS)$(ENDPOINTS)" || { echo "usage: make sweep DEPTHS=1k,2k CONFIGS=\"kv=f16 kv=q8_0\" [MODEL=m or MODELS=\"a b\"] [CHAT_ARGS='--probe-every 1 --repeat 3'] (or ENDPOINTS=\"a=http://127.0.0.1:8001/v1 b=http://127.0.0.1:8002/v1\")" >&2; exit 2; }
-	@mkdir -p $(LOGS); ts=$$(date -u +%Y%m%dT%H%M%SZ); out=$(LOGS)/lalm_sweep_$$ts; all=""; texts=""; failed=""; \
+	@test -n "$(DEPTHS)" -a -n "$(CONFIGS)$(ENDPOINTS)$(MODELS)" || { echo "usage: make sweep DEPTHS=1k,2k CONFIGS=\"kv=f16 kv=q8_0\" [MODEL=m or MODELS=\"a b\"] [CHAT_ARGS='--probe-every 1 --repeat 3'] (or ENDPOINTS=\"a=http://127.0.0.1:8001/v1 b=http://127.0.0.1:8002/v1\")" >&2; exit 2; }
+	@mkdir -p $(LOGS); ts=$$(date -u +%Y%m%dT%H%M%SZ); out=$(LOGS)/lalm_$(SWEEP_NAME)_$$ts; all=""; texts=""; failed=""; \
 	measure='$(BIN)/lalm-prompts | $(BIN)/lalm-chat --depths $(DEPTHS) $(if $(HISTORY),--history $(HISTORY)) --max-tokens $(DEPTH_MAX_TOKENS) -q $(CHAT_ARGS)'; \
-	for point in $(if $(ENDPOINTS),$(ENDPOINTS),$(foreach m,$(or $(MODELS),$(MODEL),_),$(foreach c,$(CONFIGS),$(m)/$(c)))); do \
-	  label=$${point%%=http*}; name=$${out}_$$(echo "$$label" | tr '/:=, ' '_____'); \
+	for point in $(if $(ENDPOINTS),$(ENDPOINTS),$(foreach m,$(or $(MODELS),$(MODEL),_),$(foreach c,$(or $(CONFIGS),default),$(m)/$(c)))); do \
+	  label=$${point%%=http*}; label=$${label#_/}; label=$${label%/default}; \
+	  name=$${out}_$$(echo "$$label" | tr '/:=, ' '_____'); \
 	  case "$$point" in \
 	    *=http*) url=$${point#*=}; \
 	      sh -c "$$measure --base-url $$url --label '$$label' --output $$name.jsonl | $(BIN)/lalm-metrics > $$name.metrics.jsonl" ;; \
 	    *) model=$${point%%/*}; config=$${point#*/}; \
-	      args=$$($(BIN)/python -m lalmpipe.configs args "$$config") && \
+	      args=$$( [ "$$config" = default ] || $(BIN)/python -m lalmpipe.configs args "$$config") && \
 	      $(BIN)/python -m lalmpipe.localserver run $$( [ "$$model" = _ ] || echo --model $$model ) \
-	        $(if $(CTX),--ctx $(CTX)) --server-args="$$args" -- \
+	        $(if $(CTX),--ctx $(CTX)) --server-args="$$args $(SERVER_ARGS)" -- \
 	        sh -c "$$measure --label '$$label' --output $$name.jsonl | $(BIN)/lalm-metrics > $$name.metrics.jsonl" ;; \
 	  esac \
 	  && { all="$$all $$name.metrics.jsonl"; texts="$$texts --texts $$name.jsonl"; } \
-	  || { failed="$$failed $$label"; rm -f $$name.metrics.jsonl; echo "make sweep: $$label failed (see above); going on" >&2; }; \
+	  || { failed="$$failed $$label"; rm -f $$name.metrics.jsonl; echo "make $(SWEEP_NAME): $$label failed (see above); going on" >&2; }; \
 	done; \
-	[ -n "$$all" ] || { echo "make sweep: every configuration failed" >&2; exit 1; }; \
+	[ -n "$$all" ] || { echo "make $(SWEEP_NAME): every run failed" >&2; exit 1; }; \
 	$(BIN)/lalm-report $(REPORT_ARGS) $$all | sed -n '/^Comparison/,$$p'; \
 	$(BIN)/lalm-report --depths $(REPORT_ARGS) $$all; \
 	$(BIN)/lalm-report --format json $(REPORT_ARGS) $$all > $$out.json; \
 	$(BIN)/lalm-report --format markdown $(REPORT_ARGS) $$all > $$out.md; \
 	$(BIN)/lalm-report --format html $(REPORT_ARGS) $$texts $$all > $$out.html; \
-	echo "sweep $$out.json, $$out.md, page $$out.html$${failed:+; failed:$$failed}" >&2
+	echo "$(SWEEP_NAME) $$out.json, $$out.md, page $$out.html$${failed:+; failed:$$failed}" >&2
+
+# models side by side on the project's server, one after another, at the same depths: a
+# sweep whose only axis is the model
+compare:
+	@test -n "$(DEPTHS)" -a -n "$(MODELS)" || { echo "usage: make compare MODELS=\"qwen2.5-coder-0.5b smollm2-135m\" DEPTHS=1k,2k,4k [CHAT_ARGS='--probe-every 1']" >&2; exit 2; }
+	@$(MAKE) --no-print-directory sweep SWEEP_NAME=compare CONFIGS= ENDPOINTS=
 
 # the reference conversation, written again by the demo's model on the project's server
 # (hours on 2 cores; resumable: the raw answers stay in $(LALM_CACHE)/reference.raw.jsonl)

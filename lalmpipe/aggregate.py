@@ -115,20 +115,21 @@ def degradation(ok: list[Metrics]) -> dict:
     """How speed changes as the context grows."""
     pts = [(r.context_tokens, r.ttft_s) for r in ok if r.context_tokens is not None and r.ttft_s is not None]
     k = slope([p[0] for p in pts], [p[1] for p in pts])
-    tps = [(r.context_tokens, r.decode_tps) for r in ok if r.context_tokens is not None and r.decode_tps]
+    tps = [(r.context_tokens, r.decode_tps) for r in ok if r.decode_tps]
     # the first and last three turns, or, with fewer than six, halves that do not overlap
     n = min(3, max(len(tps) // 2, 1))
     start = mean([t for _, t in tps[:n]]) if tps else None
     end = mean([t for _, t in tps[-n:]]) if len(tps) > 1 else None
     half = next((c for c, t in tps if start and t < start / 2), None)
-    decode_k = slope([c for c, _ in tps], [t for _, t in tps])
+    sized = [(c, t) for c, t in tps if c is not None]      # the slope needs each turn's context
+    decode_k = slope([c for c, _ in sized], [t for _, t in sized])
     return {"ttft_slope_s_per_1k_tokens": r6(k * 1000 if k is not None else None),
             "decode_tps_start": r3(start), "decode_tps_end": r3(end),
             "decode_ratio_end_to_start": r3(end / start if start and end else None),
             "decode_half_speed_at_context_tokens": half,
             "ttft_slope_ci95": _per_1k(slope_interval([p[0] for p in pts], [p[1] for p in pts]), r6),
             "decode_slope_tps_per_1k_tokens": r3(decode_k * 1000 if decode_k is not None else None),
-            "decode_slope_ci95": _per_1k(slope_interval([c for c, _ in tps], [t for _, t in tps]), r3)}
+            "decode_slope_ci95": _per_1k(slope_interval([c for c, _ in sized], [t for _, t in sized]), r3)}
 
 
 def _per_1k(interval: tuple[float, float] | None, rounded) -> list[float] | None:
@@ -141,20 +142,29 @@ def _quartiles(values: list[float], rounded) -> list[float] | None:
     return [rounded(percentile(values, 25)), rounded(percentile(values, 50)), rounded(percentile(values, 75))]
 
 
-def speed_bands(ok: list[Metrics]) -> list[SpeedBand]:
-    """Per band of context size (the distance bands' edges), the turns in it and the
-    quartiles of their TTFT, prefill and decode speed: the spread behind each figure."""
-    by_band: dict[int, list[Metrics]] = {}
-    for r in ok:
+def by_context(rows: Iterable[Metrics]) -> dict[int, list[Metrics]]:
+    """The answered turns by band of context size (the distance bands' edges), in band order."""
+    bands: dict[int, list[Metrics]] = {}
+    for r in _ok(rows):
         b = band_of(r.context_tokens, DISTANCE_EDGES)
         if b is not None:
-            by_band.setdefault(b, []).append(r)
-    return [SpeedBand(from_=DISTANCE_EDGES[b], to=DISTANCE_EDGES[b + 1] if b + 1 < len(DISTANCE_EDGES) else None,
-                      turns=len(rs),
+            bands.setdefault(b, []).append(r)
+    return dict(sorted(bands.items()))
+
+
+def band_edges(b: int) -> tuple[int, int | None]:
+    """A context band's lower edge and upper edge (None for the last)."""
+    return DISTANCE_EDGES[b], DISTANCE_EDGES[b + 1] if b + 1 < len(DISTANCE_EDGES) else None
+
+
+def speed_bands(ok: list[Metrics]) -> list[SpeedBand]:
+    """Per band of context size, the turns in it and the quartiles of their TTFT, prefill
+    and decode speed: the spread behind each figure."""
+    return [SpeedBand(from_=band_edges(b)[0], to=band_edges(b)[1], turns=len(rs),
                       ttft_s=_quartiles([r.ttft_s for r in rs if r.ttft_s is not None], r6),
                       prefill_tps=_quartiles([r.prefill_tps for r in rs if r.prefill_tps is not None], r3),
                       decode_tps=_quartiles([r.decode_tps for r in rs if r.decode_tps is not None], r3))
-            for b, rs in sorted(by_band.items())]
+            for b, rs in by_context(ok).items()]
 
 
 def reasoning_summary(rows: list[Metrics]) -> Reasoning:
@@ -226,7 +236,7 @@ def memory(rows: list[Metrics], recalls: list[Recall], window: int | None,
     ok = _ok(rows)
     ruled = [r for r in ok if r.rule_kept is not None]
     broken = next((r for r in ruled if not r.rule_kept), None)
-    repeat = [r.repeat_3gram_ratio for r in ok if r.repeat_3gram_ratio is not None]
+    repeat, empty = answer_health(ok)
     if not recalls and not ruled:
         return None
     aged = [r for r in recalls if r.turns_since_stated is None or r.turns_since_stated >= min_fact_age]
@@ -247,11 +257,17 @@ def memory(rows: list[Metrics], recalls: list[Recall], window: int | None,
         rule_checked_turns=len(ruled) if ruled else None,
         rule_first_broken=None if broken is None else RuleBreak(turn=broken.turn,
                                                                  context_tokens=broken.context_tokens),
-        repeat_3gram_ratio_mean=r3(mean(repeat)),
-        empty_answers=sum(1 for r in ok if r.empty_answer),
+        repeat_3gram_ratio_mean=repeat,
+        empty_answers=empty,
         hit_max_tokens=sum(1 for r in ok if r.hit_max_tokens),
         overall=Share(**_share(aged)) if aged else None,
         fit=MemoryFit(**memory_curve([r.tokens_since_stated for r in recalls], [r.correct for r in recalls])))
+
+
+def answer_health(ok: list[Metrics]) -> tuple[float | None, int]:
+    """The answered turns' mean share of repeated word 3-grams, and how many answers were empty."""
+    repeat = [r.repeat_3gram_ratio for r in ok if r.repeat_3gram_ratio is not None]
+    return r3(mean(repeat)), sum(1 for r in ok if r.empty_answer)
 
 
 def _share(rs: list[Recall]) -> dict:
@@ -272,13 +288,15 @@ def rounds(recalls: list[Recall], at: dict[int, int | None] | None = None) -> li
     """Group recall records by the turn they followed: score and context per round. A
     round's context is that of the turn it followed (`at`: turn -> context), where known:
     the probes' own requests add their question, which no turn of the run ever held."""
-    out = []
-    for turn, rs in sorted(_by_round(recalls).items()):
-        ctx = [r.context_tokens for r in rs if r.context_tokens is not None]
-        known = (at or {}).get(turn)
-        out.append(Round(after_turn=turn, **_share(rs),
-                         context_tokens=known if known is not None else max(ctx) if ctx else None))
-    return out
+    return [Round(after_turn=turn, **_share(rs), context_tokens=_round_context(rs, at))
+            for turn, rs in sorted(_by_round(recalls).items())]
+
+
+def _round_context(rs: list[Recall], at: dict[int, int | None] | None) -> int | None:
+    """A round's context: its turn's (`at`), else the largest of its probes' own."""
+    known = (at or {}).get(rs[0].after_turn)
+    ctx = [r.context_tokens for r in rs if r.context_tokens is not None]
+    return known if known is not None else max(ctx) if ctx else None
 
 
 def effective_context(rows: list[Round], threshold: float, end: int | None = None) -> int | None:
@@ -318,7 +336,7 @@ def grid(recalls: list[Recall], at: dict[int, int | None] | None = None) -> list
         b = band_of(r.depth, DEPTH_EDGES)
         if b is not None:
             cells.setdefault((r.after_turn, b), []).append(r)
-    ctx = {row.after_turn: row.context_tokens for row in rounds(recalls, at)}
+    ctx = {turn: _round_context(rs, at) for turn, rs in _by_round(recalls).items()}
     return [Cell(after_turn=t, context_tokens=ctx[t], depth_from=DEPTH_EDGES[b], **_share(rs))
             for (t, b), rs in sorted(cells.items())]
 

@@ -202,7 +202,6 @@ def main(argv=None, stdin=None, stdout=None, stderr=None) -> int:
 
 def _run(args, stdin, stdout, stderr) -> int:
     from .history import REFERENCE_NAME, Plan, depth_turns, open_history
-    from .history import load as load_history
     from .tokens import count
     from .resume import check_output, previous_run
 
@@ -225,13 +224,14 @@ def _run(args, stdin, stdout, stderr) -> int:
     progress = Progress(stderr, args.quiet)
     done, mend = previous_run(args.output) if args.resume else (None, None)
     memory = None if done else memory_of(args)
+    history = open_history(args.history_file, done.run.settings.history if done else None, bool(done))
     if args.depths and not done:
+        assert history is not None      # --depths takes the reference when no --history is given
         # in every request: the system message, and with the probes the standing rule
         extra = sum(count(t or "") or 0 for t in (args.system, ((memory or {}).get("rule") or {}).get("text")))
-        chosen = depth_turns(load_history(args.history_file), prompts, args.depths, extra)
+        chosen = depth_turns(history, prompts, args.depths, extra)
         args.depths, args.at = sorted(chosen.items()), sorted(chosen)
     settings = done.run.settings if done else Settings.from_args(args)
-    history = open_history(args.history_file, settings.history if done else None, bool(done))
     plan = Plan(prompts, settings.at, settings.every)
     prompts = plan.used(prompts)
     if history:

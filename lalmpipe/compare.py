@@ -3,12 +3,10 @@ figure of the first, tested (Fisher's exact test for recall, Mann-Whitney's U fo
 the turns in the same context band), with a verdict in words. Pure functions."""
 from __future__ import annotations
 
-from .aggregate import DISTANCE_EDGES, band_of
+from .aggregate import band_edges, by_context
 from .inference import sample_difference, share_difference, verdict
-from .records import Metrics
 from .results import Band, RunReport, Verdict
 from .stats import percentile, r3
-from .vocab import Status
 
 SPEEDS = ("ttft_s", "decode_tps")
 
@@ -62,20 +60,11 @@ def _depth_recall(a: RunReport, b: RunReport) -> list[Verdict]:
             for x in a.depths if (y := theirs.get(x.prompt_id)) is not None and x.probes and y.probes]
 
 
-def _by_band(report: RunReport) -> dict[int, list[Metrics]]:
-    bands: dict[int, list[Metrics]] = {}
-    for r in report.turns:
-        b = band_of(r.context_tokens, DISTANCE_EDGES) if r.status == Status.OK else None
-        if b is not None:
-            bands.setdefault(b, []).append(r)
-    return bands
-
-
 def _speed(a: RunReport, b: RunReport) -> list[Verdict]:
     """TTFT and decode speed over the turns of each context band both runs reached."""
-    mine, theirs, out = _by_band(a), _by_band(b), []
+    mine, theirs, out = by_context(a.turns), by_context(b.turns), []
     for band in sorted(set(mine) & set(theirs)):
-        edges = (DISTANCE_EDGES[band], DISTANCE_EDGES[band + 1] if band + 1 < len(DISTANCE_EDGES) else None)
+        edges = band_edges(band)
         for field in SPEEDS:
             xs = [v for r in mine[band] if (v := getattr(r, field)) is not None]
             ys = [v for r in theirs[band] if (v := getattr(r, field)) is not None]

@@ -242,6 +242,10 @@ def value_forms(fact: Fact) -> set[float]:
     return {float(f"{f:.12g}") for f in forms}
 
 
+# above this share of repeated word 3-grams an answer loops on itself (a sound one repeats few)
+LOOPING_REPEAT = 0.35
+
+
 def repeat_ngram_ratio(text: str, n: int = 3) -> float | None:
     """Share of word n-grams that repeat an earlier one: 0 fresh, near 1 a loop."""
     words = text.lower().split()

@@ -36,7 +36,7 @@ from .errors import InputError, UsageError
 from .facts import DEFAULT_FACTS, load_facts
 from .numbers import numbers
 from .prompts import DEFAULT_FILE, load
-from .recall import items, of_kind, read, repeat_ngram_ratio, value_forms
+from .recall import LOOPING_REPEAT, items, of_kind, read, repeat_ngram_ratio, value_forms
 from .records import Fact
 
 REFERENCE = bundled("lalm_reference.jsonl")
@@ -51,8 +51,6 @@ RETRIES = (0.7, 0.9, 1.1)
 WINDOW = 0              # exchanges before the prompt that each request carries: none, so the
                         # prompts are answered side by side (WORKERS at a time)
 WORKERS = 2
-# an answer looping on itself repeats most of its word 3-grams; a sound one few
-DEGENERATE_REPEAT = 0.35
 SENTENCE = re.compile(r"(?<=[.!?:])\s+|\n")
 
 
@@ -124,7 +122,7 @@ def clean(answer: str, facts: list[Fact]) -> tuple[str, int]:
 
 def degenerate(answer: str) -> bool:
     ratio = repeat_ngram_ratio(answer)
-    return not answer.strip() or (ratio is not None and ratio > DEGENERATE_REPEAT)
+    return not answer.strip() or (ratio is not None and ratio > LOOPING_REPEAT)
 
 
 # ---- making it ----

@@ -6,11 +6,10 @@ import json
 
 from ..results import Band, Memory, RunReport, Verdict
 from ..vocab import Status
+from ..aggregate import answer_health
 from ..configs import differences
+from ..recall import LOOPING_REPEAT
 from .columns import approx, cell, count, heading, plural, share, span
-
-# repeated word 3-grams above this share: the answers loop (a sound answer repeats few)
-LOOPING = 0.35
 
 
 def summary_lines(report: RunReport) -> list[tuple[str, str]]:
@@ -200,12 +199,11 @@ def settings_sentence(reports: list[RunReport]) -> str | None:
 def health_sentence(report: RunReport) -> str | None:
     """The answers' health in words, when it is poor enough to read every other figure by."""
     ok = [r for r in report.turns if r.status == Status.OK]
-    ratios = [r.repeat_3gram_ratio for r in ok if r.repeat_3gram_ratio is not None]
-    if not ok or not ratios:
+    repeat, empty = answer_health(ok)
+    if not ok or repeat is None:
         return None
-    repeat, empty = sum(ratios) / len(ratios), sum(1 for r in ok if r.empty_answer)
-    if repeat <= LOOPING and empty / len(ok) <= 0.25:
+    if repeat <= LOOPING_REPEAT and empty / len(ok) <= 0.25:
         return None
-    what = "the answers loop on themselves" if repeat > LOOPING else "many answers are empty"
+    what = "the answers loop on themselves" if repeat > LOOPING_REPEAT else "many answers are empty"
     return (f"{what} (repeated 3-grams {repeat:.3f}, {plural(empty, 'empty answer')} of {len(ok)}): the model's "
             "text is broken, and every other figure, recall above all, measures broken text")
