@@ -52,7 +52,7 @@ import json
 import re
 from typing import NamedTuple
 
-from .numbers import COMPACT, DECIBELS, NUMBER, RATIO, TYPOGRAPHY, UNIT, UNITS, normalise
+from .numerals import COMPACT, DECIBELS, NUMBER, RATIO, TYPOGRAPHY, UNIT, UNITS, normalise
 from .records import Fact
 
 JOIN = re.compile(r"\s*(?:-|to|or|versus|vs\.?)(?:\s+(?:maybe|perhaps|possibly))?\s*")

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from .bundled import bundled, open_text
 from .errors import InputError, UsageError
 from .facts import DEFAULT_FACTS, load_facts
-from .numbers import numbers
+from .numerals import numbers
 from .prompts import DEFAULT_FILE, load
 from .recall import LOOPING_REPEAT, items, of_kind, read, repeat_ngram_ratio, value_forms
 from .records import Fact

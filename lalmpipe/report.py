@@ -27,7 +27,7 @@ from .cli import (ExitCode, add_common_args, add_input_args, file_ending, new_pa
 from .errors import InputError, UsageError
 from .jsonl import Line, once, read_records, unwritable
 from .records import Metrics, Recall, Run
-from .render import csv as csv_render
+from .render import csvfile as csv_render
 from .render.markdown import depths_markdown, markdown
 from .render.page import write_page
 from .render.plot import PLOT_FILES, plot

@@ -5,7 +5,7 @@ import math
 import os
 
 from lalmpipe import recall
-from lalmpipe.numbers import numbers
+from lalmpipe.numerals import numbers
 from lalmpipe.prompts import DEFAULT_FILE, load
 from lalmpipe.facts import DEFAULT_FACTS, load_facts
 

@@ -4,6 +4,7 @@ reports hold to it and read back into the same typed report."""
 import ast
 import json
 import os
+import sys
 
 import jsonschema
 import msgspec
@@ -59,6 +60,12 @@ def test_no_module_imports_itself_round_a_cycle():
     for m in sorted(graph):
         visit(m, [])
     assert graph["lalmpipe.report"] >= {"lalmpipe.aggregate", "lalmpipe.render.text"}
+
+
+def test_no_module_is_named_as_a_standard_library_module():
+    # a file run by its path (hfmodel.py, by the converter's python) puts its folder first on
+    # sys.path: a lalmpipe/numbers.py there once hid the standard library's from torch
+    assert [p for p in MODULES if os.path.basename(p)[:-3] in sys.stdlib_module_names] == []
 
 
 @pytest.mark.parametrize("path", MODULES, ids=_name)

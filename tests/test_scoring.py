@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from lalmpipe import numbers, recall
+from lalmpipe import numerals, recall
 from lalmpipe.facts import DEFAULT_FACTS, load_facts
 
 DOC = load_facts(DEFAULT_FACTS)
@@ -176,4 +176,4 @@ def test_rule_check(answer, kept):
     ("48,000 and 1\u2009024", "48000 and 1024"),
 ])
 def test_numbers_in_words_and_separators(text, digits):
-    assert numbers.normalise(text) == digits
+    assert numerals.normalise(text) == digits
