@@ -210,7 +210,8 @@ def ceiling(rows: list[Metrics], window: int | None = None, estimated: bool = Fa
         failed = r.status == Status.ERROR and r.error_kind is not None and ErrorKind(r.error_kind).ends_context
         if failed or r.truncated:
             ctx = r.context_tokens
-            if ctx is None and not estimated and r.prompt_tokens_source == CountSource.SERVER:
+            if ctx is None and not estimated and r.prompt_tokens_source \
+                    and CountSource(r.prompt_tokens_source).is_whole_prompt:
                 ctx = r.prompt_tokens
             # an answer cut by a full window did fit; only a refused request went over it
             refused = failed and r.error_kind == ErrorKind.CONTEXT_OVERFLOW and r.finish_reason != "length"

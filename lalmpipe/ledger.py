@@ -29,8 +29,11 @@ class Ledger:
             raise ValueError(f"run record: settings.rule.check is not a regular expression ({e})") from None
         # the standing rule rides with the first question
         self.history_tokens = _add(_count(settings.system or ""), _count(rule.get("text") or ""))
-        self.prev_prompt_tokens: int | None = None     # the last whole prompt the server counted
+        # the least the server can have counted of the last answered request (measure.truncated)
+        self.prev_prompt_tokens: int | None = None
         self.prev_request_tokens: int | None = None
+        # the server's tokens per client token, from its last count of a whole prompt
+        self.ratio = 1.0
         # prompt id -> (turn, tokens before it, repeats that had entered nothing before it)
         self.asked_at: dict[int | None, tuple[int, int | None, int]] = {}
         # sendings of a chosen turn again (--repeat): numbered turns that are not the conversation's
@@ -48,12 +51,12 @@ class Ledger:
         entered = own_answer(turn, view, self.keep_reasoning)     # what lalm-chat appended
         history = view.history_text(self.keep_reasoning) if entered is None else entered
         answer_n = content_n if history == view.content else _count(history)
-        row = _metrics(turn, view, self, request_tokens, content_n, reasoning_n)
+        growth = self._growth(request_tokens)
+        row = _metrics(turn, view, self, request_tokens, growth, content_n, reasoning_n)
         row.conversation_tokens = _add(request_tokens, answer_n)
         _answer_signals(row, turn, view, self.rule_check)
         if turn.status == STATUS_OK:
-            if row.prompt_tokens_source == CountSource.SERVER:
-                self.prev_prompt_tokens = row.prompt_tokens
+            self._counted(row, request_tokens, growth)
             self.prev_request_tokens = request_tokens
         if entered is not None:
             self._enter(turn.prompt.id, turn.turn, prompt_n, answer_n)
@@ -61,6 +64,24 @@ class Ledger:
             self.repeats_unentered += 1
         row.repeat = turn.repeat
         return row
+
+    def _growth(self, request_tokens: int | None) -> int | None:
+        """What a request added since the last answered one, by the client's count."""
+        return None if self.prev_request_tokens is None or request_tokens is None \
+            else request_tokens - self.prev_request_tokens
+
+    def _counted(self, row: Metrics, request_tokens: int | None, growth: int | None) -> None:
+        """Keep what an answered turn's prompt count says of the server's view."""
+        source, n = row.prompt_tokens_source, row.prompt_tokens
+        if source is not None and source.is_whole_prompt:
+            self.prev_prompt_tokens = n
+            if request_tokens and n and not row.truncated:
+                self.ratio = measure.token_ratio(n, request_tokens)
+        elif source == CountSource.SERVER_UNCACHED and self.prev_prompt_tokens is not None and n is not None:
+            # this request held the last one, and the part the server counted beyond what it
+            # had cached; no more of it than the request added (a cache that lost some of the
+            # older part counts that again)
+            self.prev_prompt_tokens += n if growth is None else max(0, min(n, growth))
 
     def _enter(self, prompt_id: int | None, turn: int, prompt_n: int | None, answer_n: int | None) -> None:
         """A prompt and its answer join the history the next request carries."""
@@ -72,15 +93,16 @@ class Ledger:
         view = read_stream(probe.chunks)
         times = measure.timing(view)
         usage = view.usage or {}
-        p = usage.get("prompt_tokens")
-        partial = measure.partial_prompt_count(p, None, self.prev_prompt_tokens)
         asked = _add(self.history_tokens, _count(probe.asked))
+        prompt, source = measure.read_prompt_count(usage.get("prompt_tokens"), measure.cached_tokens(usage, None),
+                                                   asked, self._growth(asked), self.ratio)
         return Recall(run_id=probe.run_id, after_turn=probe.after_turn, fact_id=probe.fact.id,
                       form=probe.form, question=probe.asked,
                       expected=probe.fact.answer, answer=view.content,
                       correct=probe.status == STATUS_OK and recall.correct(view.content, probe.fact),
                       status=probe.status,
-                      context_tokens=None if partial else context_tokens(p, usage.get("completion_tokens")),
+                      context_tokens=context_tokens(prompt, usage.get("completion_tokens"))
+                      if source is not None and source.is_whole_prompt else None,
                       ttft_s=r6(times["ttft_s"]), e2e_s=r6(times["e2e_s"]),
                       context_tokens_est=_add(asked, _count(view.content)),
                       **self._distance(probe))
@@ -117,7 +139,7 @@ def _add(a: int | None, b: int | None) -> int | None:
     return None if a is None or b is None else a + b
 
 
-def _metrics(turn: Turn, view, conv: Ledger, request_tokens: int | None,
+def _metrics(turn: Turn, view, conv: Ledger, request_tokens: int | None, growth: int | None,
              content_n: int | None, reasoning_n: int | None) -> Metrics:
     times = measure.timing(view)
     counts = measure.token_counts(view.usage, reasoning_n, content_n)
@@ -125,17 +147,17 @@ def _metrics(turn: Turn, view, conv: Ledger, request_tokens: int | None,
     cached = measure.cached_tokens(view.usage, view.timings)
     if counts["prompt_tokens"] is None and turn.error:
         counts["prompt_tokens"] = measure.overflow_prompt_tokens(turn.error.body)
-    p, c = counts["prompt_tokens"], counts["completion_tokens"]    # the server's
-    growth = None if conv.prev_request_tokens is None or request_tokens is None \
-        else request_tokens - conv.prev_request_tokens
-    partial = measure.partial_prompt_count(p, growth, conv.prev_prompt_tokens)
+    c = counts["completion_tokens"]    # the server's
+    prompt_n, prompt_source = measure.read_prompt_count(counts["prompt_tokens"], cached, request_tokens,
+                                                        growth, conv.ratio)
+    whole = prompt_source is not None and prompt_source.is_whole_prompt
     error = turn.error
     # where the server counted nothing, the client's count of what was sent and received
     answer_n = _add(reasoning_n, content_n)
-    context_n, context_source = measure.counted(None if partial else context_tokens(p, c),
+    context_n, context_source = measure.counted(context_tokens(prompt_n, c) if whole else None,
                                                 _add(request_tokens, answer_n))
-    prompt_n, prompt_source = measure.counted(p, request_tokens)
     counts["prompt_tokens"], counts["completion_tokens"] = prompt_n, measure.counted(c, answer_n)[0]
+    server_prompt = prompt_n if whole or prompt_source == CountSource.SERVER_UNCACHED else None
     return Metrics(
         run_id=turn.run_id, turn=turn.turn, prompt_id=turn.prompt.id,
         tier=turn.prompt.tier, status=turn.status, error_kind=error.kind if error else None,
@@ -148,11 +170,12 @@ def _metrics(turn: Turn, view, conv: Ledger, request_tokens: int | None,
         **counts,
         has_reasoning=bool(view.reasoning), reasoning_s=r6(times["reasoning_s"]),
         cached_tokens=cached,
-        prefill_tps=r3(measure.prefill_tps(p, cached, times["ttft_s"])),
+        # what the server processed: the whole less its cache, or the uncached part it counted
+        prefill_tps=r3(measure.prefill_tps(server_prompt, cached if whole else None, times["ttft_s"])),
         context_tokens=context_n, context_tokens_source=context_source,
-        truncated=not partial and measure.truncated(p, c, conv.prev_prompt_tokens, growth, conv.window),
+        truncated=whole and measure.truncated(prompt_n, c, conv.prev_prompt_tokens, growth, conv.window),
         server_timings=view.timings,
-        prompt_tokens_source=CountSource.SERVER_UNCACHED if partial else prompt_source,
+        prompt_tokens_source=prompt_source,
         context_tokens_est=_add(request_tokens, answer_n),
         overflow_tokens=measure.overflow_tokens(error.body) if error and error.kind == ErrorKind.CONTEXT_OVERFLOW
         else None,

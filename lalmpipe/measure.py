@@ -3,6 +3,7 @@
 The per-run figures are lalmpipe.aggregate's."""
 from __future__ import annotations
 
+import math
 import re
 from typing import Sequence
 
@@ -126,34 +127,67 @@ def generated_tokens(counts: dict, n_token_chunks: int) -> int:
     return n_token_chunks
 
 
-def partial_prompt_count(prompt_tokens: int | None, request_growth: int | None,
-                         prev_prompt_tokens: int | None) -> bool:
-    """Tell if the server counted only the part of the prompt it had not cached.
+def read_prompt_count(prompt_tokens: int | None, cached: int | None, request_tokens: int | None,
+                      request_growth: int | None, ratio: float) -> tuple[int | None, CountSource | None]:
+    """Read a server's prompt count against the client's own view of the request.
 
-    Ollama does so: 0, or about what was added since the last request, where
-    the whole prompt was counted before. A truncating server's count stops
-    near its window instead, far above what one turn adds.
+    `request_tokens` is the client's cl100k count of the whole request, `request_growth`
+    of what it added since the last answered one, `ratio` the server's tokens per client
+    token learnt from counts of whole prompts (1 before any). Returns the count and its
+    source: `server`, the whole prompt; `server+cached`, the whole as the uncached count
+    plus the `cached_tokens` the server gave beside it, where that sum is much nearer the
+    request than the count alone; `server-uncached`, only the part not cached (0, or about
+    what this request added and nearer that than the whole, on log scale; as some Ollama
+    releases counted): the whole is then unknown. Without a usage, the client's estimate.
     """
     if prompt_tokens is None:
-        return False
-    if prompt_tokens == 0:
-        return True
-    if prev_prompt_tokens is None or prompt_tokens >= prev_prompt_tokens:
-        return False
-    return request_growth is None or prompt_tokens <= PARTIAL_GROWTH_FACTOR * request_growth + PARTIAL_SLACK
+        return counted(None, request_tokens)
+    if request_tokens:
+        whole = ratio * request_tokens
+        if cached and _nearer(prompt_tokens + cached, prompt_tokens, whole):
+            return prompt_tokens + cached, CountSource.SERVER_CACHED
+        if request_growth is not None and _added_part(prompt_tokens, ratio * request_growth, whole):
+            return prompt_tokens, CountSource.SERVER_UNCACHED
+    if prompt_tokens == 0:      # the whole prompt came from the cache
+        return prompt_tokens, CountSource.SERVER_UNCACHED
+    return prompt_tokens, CountSource.SERVER
 
 
-# a count within this of one turn's growth is a count of the new part only
+# a count within this of what one request added is a count of that part only
 PARTIAL_GROWTH_FACTOR, PARTIAL_SLACK = 2.0, 64
+# tokenizers differ from cl100k by less than this; a short prompt's count is mostly template
+TOKEN_RATIO_RANGE = (0.5, 2.0)
+
+
+def token_ratio(server_count: int, client_count: int) -> float:
+    """The server's tokens per client token of a whole prompt, held to what tokenizers differ by."""
+    low, high = TOKEN_RATIO_RANGE
+    return min(high, max(low, server_count / client_count))
+
+
+def _nearer(a: float, b: float, target: float) -> bool:
+    """Whether a is nearer target than b is, on log scale."""
+    return abs(math.log(max(a, 1) / target)) < abs(math.log(max(b, 1) / target))
+
+
+def _added_part(count: int, part: float, whole: float) -> bool:
+    """Whether a count is of about what the request added (the server's template adds
+    a few tokens a message: the slack), and nearer that than the whole on log scale
+    (count² below part × whole: count below their geometric mean)."""
+    return count <= PARTIAL_GROWTH_FACTOR * part + PARTIAL_SLACK and count * count < max(part, 1.0) * whole
 
 
 def truncated(prompt_tokens: int | None, completion_tokens: int | None,
               prev_prompt_tokens: int | None, request_growth: int | None,
               window: int | None) -> bool:
-    """Tell if the server saw less of the conversation than was sent.
+    """Tell if the server saw less of the conversation than was sent: its count of
+    the whole prompt fell, or grew far less than the request did, or filled its window.
 
-    `request_growth` is how much the client-side count of the request grew
-    since the previous successful turn's request.
+    `prev_prompt_tokens` is the least the server can have counted of the previous
+    answered request (its whole count; where it counted only the part it had not
+    cached, the last whole count plus each such part since: each request holds the
+    one before it). `request_growth` is how much the client's count of the request
+    grew since that request.
     """
     if prompt_tokens is None:
         return False

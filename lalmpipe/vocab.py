@@ -47,11 +47,17 @@ class CountSource(_Words):
     TIKTOKEN = "tiktoken"                   # the client's cl100k count of an answer
     SERVER_TIKTOKEN = "server+tiktoken"     # the server's total, split by the client's counts
     SERVER_UNCACHED = "server-uncached"     # the server counted only what it had not cached
+    SERVER_CACHED = "server+cached"         # that count plus the cached_tokens it gave beside it
 
     @property
     def is_estimate(self) -> bool:
         """Whether the count is the client's own, not the server's."""
         return self in (CountSource.ESTIMATE, CountSource.TIKTOKEN)
+
+    @property
+    def is_whole_prompt(self) -> bool:
+        """Whether a prompt count is the server's count of the whole prompt."""
+        return self in (CountSource.SERVER, CountSource.SERVER_CACHED)
 
 
 # a report's context unit when the server did not count every turn

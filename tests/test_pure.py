@@ -202,16 +202,26 @@ def test_reasoning_share_counts_answered_turns_only():
     assert (s.turns_with_reasoning, s.share) == (1, 0.5)
 
 
-@pytest.mark.parametrize("prompt, growth, prev, partial", [
-    (0, 60, 900, True),           # Ollama: the whole prompt came from its cache
-    (75, 60, 900, True),          # only what was added since the last request
-    (None, 60, 900, False),
-    (950, 60, 900, False),        # the whole prompt, grown
-    (2040, 60, 2048, False),      # a truncating server: stuck near its window, not one turn's growth
-    (120, 60, None, False),       # nothing to compare with on the first turn
+@pytest.mark.parametrize("prompt, cached, whole, growth, ratio, read", [
+    (0, None, 960, 60, 1.0, (0, "server-uncached")),           # Ollama: the whole prompt came from its cache
+    (75, None, 960, 60, 1.0, (75, "server-uncached")),         # only what was added since the last request
+    (62, None, 100, 62, 1.0, (62, "server-uncached")),         # ... more than the first prompt held
+    (3, None, 960, 0, 1.1, (3, "server-uncached")),            # the same request again (--repeat)
+    (62, 38, 100, 62, 1.0, (100, "server+cached")),            # the uncached part, with the cached beside it
+    (1000, 900, 960, 60, 1.05, (1000, "server")),              # llama.cpp: the whole, of which 900 cached
+    (None, None, 960, 60, 1.0, (960, "estimate")),
+    (950, None, 900, 60, 1.0, (950, "server")),                # the whole prompt, grown
+    (2040, None, 2108, 60, 1.0, (2040, "server")),             # a truncating server: stuck near its window
+    (700, None, 400, 200, 2.0, (700, "server")),               # nearer the whole than the added part
+    (120, None, 110, None, 1.0, (120, "server")),              # nothing to compare with on the first turn
+    (90, None, None, None, 1.0, (90, "server")),               # no client count to compare with
 ])
-def test_a_count_of_the_uncached_part_only_is_not_a_truncation(prompt, growth, prev, partial):
-    assert measure.partial_prompt_count(prompt, growth, prev) is partial
+def test_a_count_of_the_uncached_part_only_is_read_as_such(prompt, cached, whole, growth, ratio, read):
+    assert measure.read_prompt_count(prompt, cached, whole, growth, ratio) == read
+
+
+def test_the_token_ratio_is_held_to_what_tokenizers_differ_by():
+    assert [measure.token_ratio(s, 100) for s in (110, 400, 20)] == [1.1, 2.0, 0.5]
 
 
 def test_overflow_bodies_give_the_prompt_size():
