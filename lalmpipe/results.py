@@ -219,6 +219,13 @@ class RunReport(Part):
                 **settings(list(config.get("extra_args") or []))}
 
     @property
+    def kv_cache_mib(self) -> float | None:
+        """The memory the project's server said its KV cache took for the run (None where unknown)."""
+        config = self.run.server.config if self.run else None
+        size = (config or {}).get("kv_cache_mib")
+        return float(size) if isinstance(size, (int, float)) else None
+
+    @property
     def run_id(self) -> str:
         return self.run.run_id if self.run else "?"
 

@@ -249,7 +249,7 @@ def test_stopping_a_server_stops_its_whole_process_group():
 
 def test_extra_arguments_come_after_lalmpipes_own_from_the_class_and_the_command_line():
     srv = localserver.LocalServer("smollm2-135m", ctx=512, extra=["-ctk", "q8_0", "-ctv", "q8_0"])
-    assert srv.cmd[-7:] == ["--no-webui", "-c", "512", "-ctk", "q8_0", "-ctv", "q8_0"]
+    assert srv.cmd[-9:] == ["--no-webui", "-lv", "4", "-c", "512", "-ctk", "q8_0", "-ctv", "q8_0"]
     for name in ("start", "run"):
         args = command.parser().parse_args(
             [name, "--server-args=-ctk q8_0 -ctv q8_0", "--server-args", "-fa on", "--server-args=--jinja",
@@ -348,3 +348,18 @@ def test_the_real_llama_server_refusing_an_argument_is_one_line_and_leaves_nothi
     assert "\n" not in message
     with pytest.raises(ProcessLookupError):
         os.killpg(srv.proc.pid, 0)
+
+
+def test_the_kv_cache_size_is_read_from_the_servers_log(tmp_path):
+    from lalmpipe.localserver.process import kv_cache_mib
+    log = tmp_path / "llama.cpp.log"
+    log.write_text(
+        "0.00.276.193 I llama_kv_cache:        CPU KV buffer size =    23.91 MiB\n"
+        "0.00.293.511 I llama_kv_cache: size =   23.91 MiB (  2048 cells,  30 layers,  1/1 seqs), "
+        "K (q8_0):   11.95 MiB, V (q8_0):   11.95 MiB\n")
+    assert kv_cache_mib(str(log)) == 23.91
+    # a model with sliding-window layers has two caches: both count
+    log.write_text("I llama_kv_cache: size =   10.00 MiB (...)\nI llama_kv_cache: size =    2.50 MiB (...)\n")
+    assert kv_cache_mib(str(log)) == 12.5
+    log.write_text("I srv  llama_server: model loaded\n")
+    assert kv_cache_mib(str(log)) is None and kv_cache_mib(str(tmp_path / "none.log")) is None

@@ -58,12 +58,13 @@ def test_a_run_on_the_projects_server_records_how_it_was_started(monkeypatch, ap
     assert elsewhere.records[0]["server"]["config"] is None        # another server's run knows nothing of it
 
 
-def run_with(label, extra, text, n=6):
+def run_with(label, extra, text, n=6, kv_cache_mib=None):
     """A measured run made on the project's server with `extra` arguments, answering `text`."""
     with ForkedServer(answers(text)) as srv:
         import os
         os.environ[CONFIG_VAR] = json.dumps({"base_url": srv.base_url, "engine": "llama.cpp", "model": "m",
-                                             "model_file": "m.gguf", "extra_args": extra})
+                                             "model_file": "m.gguf", "extra_args": extra,
+                                             "kv_cache_mib": kv_cache_mib})
         try:
             ran = run_main(chat.main, ["--base-url", srv.base_url, "-q", "--label", label],
                            prompts_jsonl([f"q{i}" for i in range(n)]))
@@ -73,7 +74,8 @@ def run_with(label, extra, text, n=6):
 
 
 def test_the_comparison_says_what_differs_and_when_the_answers_are_broken(api_key, tmp_path):
-    good = run_with("f16", ["-ctk", "f16", "-ctv", "f16"], "A limiter caps the peaks of the master bus.")
+    good = run_with("f16", ["-ctk", "f16", "-ctv", "f16"], "A limiter caps the peaks of the master bus.",
+                    kv_cache_mib=96.0)
     salad = run_with("q4_0", ["-ctk", "q4_0", "-ctv", "q4_0", "-fa", "on"], "the the the the " * 20)
     text = run_main(report.main, [], good + salad).out
     assert "Settings     the runs differ in: cache-type-k, cache-type-v, flash-attn" in text
@@ -82,6 +84,9 @@ def test_the_comparison_says_what_differs_and_when_the_answers_are_broken(api_ke
     assert table["name"] == ["f16", "q4_0"]
     assert table["server settings"] == ["cache-type-k=f16 cache-type-v=f16",
                                         "cache-type-k=q4_0 cache-type-v=q4_0 flash-attn=on"]
+    # what the server's log said its KV cache took, where it said
+    assert table["KV cache MiB"] == ["96.0", "-"]
+    assert "KV cache MiB" in text
     assert text.count("Health       the answers loop on themselves (repeated 3-grams 0.9") == 1
     salad_id = doc["runs"][1]["run"]["run_id"]
     good_part, salad_part = text.split(f"(run {salad_id})")
@@ -143,3 +148,40 @@ def test_a_configuration_that_fails_is_reported_and_the_sweep_goes_on(tmp_path, 
     assert "; failed: gone" in done.stderr
     [out] = tmp_path.glob("lalm_sweep_*Z.json")
     assert json.loads(out.read_text())["run"]["label"] == "up"          # one run left: its own report
+
+
+@pytest.mark.real_server
+@pytest.mark.make_target
+def test_make_sweep_of_two_real_kv_cache_types_as_the_readme_writes_it(tmp_path):
+    # the README's command, on the project's own llama-server and SmolLM2: each configuration
+    # started, measured at each depth of the reference conversation with probes, and stopped
+    import subprocess
+
+    from conftest import ROOT
+    done = subprocess.run(
+        ["make", "-s", "-o", "install", "-o", "server-bin", "sweep", f"LOGS={tmp_path}", "MODEL=smollm2-135m",
+         "CONFIGS=kv=f16 kv=q8_0", "DEPTHS=1k,2k", "CHAT_ARGS=--probe-every 1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [out] = tmp_path.glob("lalm_sweep_*Z.json")
+    doc = json.loads(out.read_text())
+    runs = doc["runs"]
+    assert [r["run"]["label"] for r in runs] == ["smollm2-135m/kv=f16", "smollm2-135m/kv=q8_0"]
+    assert [r["run"]["server"]["config"]["extra_args"][:4] for r in runs] == [
+        ["-ctk", "f16", "-ctv", "f16"], ["-ctk", "q8_0", "-ctv", "q8_0"]]
+    assert runs[1]["run"]["server"]["config"]["extra_args"][4:6] == ["-fa", "on"]
+    # the server's log says what its KV cache took: q8_0 about half of f16 (8.5 bits a value, not 16)
+    f16, q8 = (r["run"]["server"]["config"]["kv_cache_mib"] for r in runs)
+    assert 1.7 < f16 / q8 < 2.0
+    assert "the runs differ in: cache-type-k, cache-type-v, flash-attn" in done.stdout
+    for r in runs:
+        depths = [t for t in r["turns"] if t["status"] == "ok"]
+        assert len(depths) == 2
+        # each depth's request reached its target (the client's count), and the server counted it
+        assert [t["context_tokens_est"] >= d for t, d in zip(depths, (1024, 2048))] == [True, True]
+        assert all(t["prompt_tokens_source"] == "server" and t["decode_tps"] > 0 for t in depths)
+        # the planted facts asked after each depth, scored by how far back they were stated
+        assert r["memory"]["probes"] == sum(band["n"] for band in r["memory"]["by_distance"]) > 0
+    assert {v["figure"] for v in doc["verdicts"]} >= {"recall", "ttft_s", "decode_tps"}
+    for ext in (".md", ".html"):
+        assert out.with_suffix(ext).stat().st_size > 1000

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -60,7 +61,8 @@ class LocalServer:
         the engine, the model file and its sha256, every argument, the window asked for."""
         return {"base_url": self.base_url, "engine": self.engine.title, "model": self.model.alias,
                 "model_file": self.model.file, "model_sha256": self.model.sha256, "ctx": self.ctx,
-                "extra_args": self.extra, "command": [os.path.basename(self.cmd[0]), *self.cmd[1:]]}
+                "extra_args": self.extra, "command": [os.path.basename(self.cmd[0]), *self.cmd[1:]],
+                "kv_cache_mib": kv_cache_mib(self.log)}
 
     def start(self) -> "LocalServer":
         if not (installed(self.engine) and os.path.exists(self.engine.model_path(self.model))):
@@ -110,6 +112,20 @@ class LocalServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+# llama-server: "llama_kv_cache: size =   23.91 MiB (  2048 cells,  30 layers, ...), K (q8_0): ..."
+KV_CACHE_SIZE = re.compile(r"llama_kv_cache: size =\s*([0-9.]+) MiB")
+
+
+def kv_cache_mib(log: str) -> float | None:
+    """The memory the server's log says its KV cache took, in MiB (None where it says none)."""
+    try:
+        with open(log, errors="replace") as fp:
+            found = KV_CACHE_SIZE.findall(fp.read(1 << 20))
+    except OSError:
+        return None
+    return sum(float(x) for x in found) if found else None
 
 
 def exit_reason(log: str) -> str:

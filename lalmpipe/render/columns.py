@@ -30,6 +30,7 @@ COLUMNS: dict[str, Column] = {
     "reasoning_tokens": Column("reason tok", label="reasoning tokens"),
     "cached_tokens": Column("cached"),
     "cached_share": Column("cached", ".0%"),
+    "kv_cache_mib": Column("KV cache MiB", ".1f", "KV cache (MiB, as the server said)"),
     "turns": Column("turns"),
     "ttft_mean_s": Column("TTFT mean s", ".3f"),
     "decode_tps_mean": Column("decode mean tok/s", ".1f"),

@@ -133,6 +133,7 @@ COMPARE: tuple[tuple[str, Callable[[RunReport], str]], ...] = (
     ("server settings", lambda r: " ".join(f"{k}={v}" for k, v in (r.server_settings or {}).items()
                                           if k not in ("engine", "model-file")) or "-"),
     ("server", lambda r: cell((r.run.server.software or r.run.base_url) if r.run else None)),
+    (heading("kv_cache_mib"), lambda r: cell(r.kv_cache_mib, "kv_cache_mib")),
     ("turns ok", lambda r: f"{r.summary.ok}/{r.summary.turns}"),
     _summary("ttft_mean_s"),
     _summary("ttft_slope_s_per_1k_tokens"),
