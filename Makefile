@@ -24,6 +24,9 @@ DEPTHS     ?=
 HISTORY    ?=
 AT         ?=
 DEPTH_MAX_TOKENS ?= 128
+# a deep request's prefill on a CPU can take many minutes before its first token (16k tokens
+# with a q4_0 KV cache on 2 cores: about 20): lalm-chat's stall timeout for depth runs
+DEPTH_STALL_TIMEOUT ?= 1800
 # the engine make server / make demo start (empty: llama.cpp), its window (empty: the model's)
 # and more arguments for it
 ENGINE      ?=
@@ -105,7 +108,7 @@ depth: install
 	$(BIN)/lalm-prompts \
 	| $(BIN)/lalm-chat $(if $(BASE_URL),--base-url $(BASE_URL)) $(if $(MODEL),--model $(MODEL)) \
 	    $(if $(DEPTHS),--depths $(DEPTHS) $(if $(HISTORY),--history $(HISTORY)),--history $(HISTORY) --at $(AT)) \
-	    --max-tokens $(DEPTH_MAX_TOKENS) --output $$name.jsonl $(CHAT_ARGS) \
+	    --max-tokens $(DEPTH_MAX_TOKENS) --stall-timeout $(DEPTH_STALL_TIMEOUT) --output $$name.jsonl $(CHAT_ARGS) \
 	| $(BIN)/lalm-metrics > $$name.metrics.jsonl; \
 	$(BIN)/lalm-report $(REPORT_ARGS) $$name.metrics.jsonl; \
 	$(BIN)/lalm-report --depths --format markdown $(REPORT_ARGS) $$name.metrics.jsonl > $$name.depths.md; \
@@ -120,7 +123,7 @@ SWEEP_NAME ?= sweep
 sweep: server-bin
 	@test -n "$(DEPTHS)" -a -n "$(CONFIGS)$(ENDPOINTS)$(MODELS)" || { echo "usage: make sweep DEPTHS=1k,2k CONFIGS=\"kv=f16 kv=q8_0\" [MODEL=m or MODELS=\"a b\"] [CHAT_ARGS='--probe-every 1 --repeat 3'] (or ENDPOINTS=\"a=http://127.0.0.1:8001/v1 b=http://127.0.0.1:8002/v1\")" >&2; exit 2; }
 	@mkdir -p $(LOGS); ts=$$(date -u +%Y%m%dT%H%M%SZ); out=$(LOGS)/lalm_$(SWEEP_NAME)_$$ts; all=""; texts=""; failed=""; \
-	measure='$(BIN)/lalm-prompts | $(BIN)/lalm-chat --depths $(DEPTHS) $(if $(HISTORY),--history $(HISTORY)) --max-tokens $(DEPTH_MAX_TOKENS) -q $(CHAT_ARGS)'; \
+	measure='$(BIN)/lalm-prompts | $(BIN)/lalm-chat --depths $(DEPTHS) $(if $(HISTORY),--history $(HISTORY)) --max-tokens $(DEPTH_MAX_TOKENS) --stall-timeout $(DEPTH_STALL_TIMEOUT) -q $(CHAT_ARGS)'; \
 	for point in $(if $(ENDPOINTS),$(ENDPOINTS),$(foreach m,$(or $(MODELS),$(MODEL),_),$(foreach c,$(or $(CONFIGS),default),$(m)/$(c)))); do \
 	  label=$${point%%=http*}; label=$${label#_/}; label=$${label%/default}; \
 	  name=$${out}_$$(echo "$$label" | tr '/:=, ' '_____'); \
@@ -138,7 +141,6 @@ sweep: server-bin
 	done; \
 	[ -n "$$all" ] || { echo "make $(SWEEP_NAME): every run failed" >&2; exit 1; }; \
 	$(BIN)/lalm-report $(REPORT_ARGS) $$all | sed -n '/^Comparison/,$$p'; \
-	$(BIN)/lalm-report --depths $(REPORT_ARGS) $$all; \
 	$(BIN)/lalm-report --format json $(REPORT_ARGS) $$all > $$out.json; \
 	$(BIN)/lalm-report --format markdown $(REPORT_ARGS) $$all > $$out.md; \
 	$(BIN)/lalm-report --format html $(REPORT_ARGS) $$texts $$all > $$out.html; \

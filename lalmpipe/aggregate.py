@@ -8,6 +8,7 @@ from typing import Callable, Iterable, Sequence
 
 import msgspec
 
+from .recall import read
 from .records import Metrics, Recall, Run
 from .stats import mean, percentile, r3, r6, sd, slope
 from .inference import memory_curve, slope_interval, wilson
@@ -59,7 +60,8 @@ def analyse(run: Run | None, rows: list[Metrics], recalls: list[Recall],
     recalls = [in_unit(r, estimated) for r in recalls]
     return RunReport(run=run, summary=summarize(rows, estimated), reasoning=reasoning_summary(rows),
                      tiers=by_tier(rows), ceiling=ceiling(rows, window, estimated),
-                     memory=memory(rows, recalls, window, min_fact_age), depths=depths(rows, recalls),
+                     memory=memory(rows, recalls, window, min_fact_age),
+                     depths=depths(rows, recalls, dict(run.settings.depths or []) if run else None),
                      turns=rows)
 
 
@@ -241,6 +243,7 @@ def memory(rows: list[Metrics], recalls: list[Recall], window: int | None,
     if not recalls and not ruled:
         return None
     aged = [r for r in recalls if r.turns_since_stated is None or r.turns_since_stated >= min_fact_age]
+    answered = [r for r in recalls if r.status == Status.OK]
     at = {r.turn: r.context_tokens for r in rows}
     rs = rounds(aged, at)
     first = rs[0].recall if rs else None
@@ -262,7 +265,8 @@ def memory(rows: list[Metrics], recalls: list[Recall], window: int | None,
         empty_answers=empty,
         hit_max_tokens=sum(1 for r in ok if r.hit_max_tokens),
         overall=Share(**_share(aged)) if aged else None,
-        fit=MemoryFit(**memory_curve([r.tokens_since_stated for r in recalls], [r.correct for r in recalls])))
+        fit=MemoryFit(**memory_curve([r.tokens_since_stated for r in recalls], [r.correct for r in recalls])),
+        probes_answered=len(answered), probes_without_number=sum(1 for r in answered if not read(r.answer or "")))
 
 
 def answer_health(ok: list[Metrics]) -> tuple[float | None, int]:
@@ -342,14 +346,16 @@ def grid(recalls: list[Recall], at: dict[int, int | None] | None = None) -> list
             for (t, b), rs in sorted(cells.items())]
 
 
-def depths(rows: list[Metrics], recalls: list[Recall]) -> list[Depth]:
+def depths(rows: list[Metrics], recalls: list[Recall], targets: dict[int, int] | None = None) -> list[Depth]:
     """One row per measured turn, in the form of llama-bench's depth runs: the
     context it was sent at, its prefill and decode speed, the share of the
     prompt the server's cache served, its reasoning, and the recall of the
     probes asked after it (every fact stated so far, whatever its age). A turn
-    sent several times (--repeat) is one row: the mean and sd over its repeats."""
+    sent several times (--repeat) is one row: the mean and sd over its repeats. `targets`:
+    prompt id -> the depth in tokens it was chosen for (lalm-chat --depths)."""
     asked = _by_round(recalls)
-    return [_depth(rs, asked.get(rs[-1].turn, [])) for rs in _repeats(_ok(rows))]
+    return [_depth(rs, asked.get(rs[-1].turn, []), (targets or {}).get(rs[-1].prompt_id or 0))
+            for rs in _repeats(_ok(rows))]
 
 
 def _repeats(ok: list[Metrics]) -> list[list[Metrics]]:
@@ -360,7 +366,7 @@ def _repeats(ok: list[Metrics]) -> list[list[Metrics]]:
     return list(groups.values())
 
 
-def _depth(rs: list[Metrics], probes: list[Recall]) -> Depth:
+def _depth(rs: list[Metrics], probes: list[Recall], target: int | None) -> Depth:
     last = rs[-1]       # the sending after which the probes were asked
     ttft, prefill, decode = ([getattr(r, k) for r in rs if getattr(r, k) is not None]
                              for k in ("ttft_s", "prefill_tps", "decode_tps"))
@@ -376,5 +382,5 @@ def _depth(rs: list[Metrics], probes: list[Recall]) -> Depth:
                  reasoning_tokens=round(sum(reasoning) / len(reasoning)) if reasoning else None,
                  probes=len(probes), recalled=recalled, recall_ci95=wilson(recalled, len(probes)),
                  ttft_sd=r6(sd(ttft)), prefill_tps_sd=r3(sd(prefill)), decode_tps_sd=r3(sd(decode)),
-                 repeats=len(rs))
+                 repeats=len(rs), target_tokens=target)
 

@@ -244,6 +244,9 @@ def value_forms(fact: Fact) -> set[float]:
 
 # above this share of repeated word 3-grams an answer loops on itself (a sound one repeats few)
 LOOPING_REPEAT = 0.35
+# answers to the probes (each asks for a number) of which more than this share give no
+# number at all do not answer: a model that forgets still names a number, a wrong one
+NO_NUMBER_SHARE = 0.5
 
 
 def repeat_ngram_ratio(text: str, n: int = 3) -> float | None:

@@ -161,6 +161,8 @@ class Memory(Part):
     hit_max_tokens: int
     overall: Share | None = None            # every probe counted toward the effective context
     fit: MemoryFit | None = None
+    probes_answered: int = 0                # probes the server answered
+    probes_without_number: int = 0          # of those, answers that give no number at all
 
 
 class Depth(Part):
@@ -185,6 +187,7 @@ class Depth(Part):
     prefill_tps_sd: float | None = None
     decode_tps_sd: float | None = None
     repeats: int = 1                        # the sendings measured (ok)
+    target_tokens: int | None = None        # the depth it was chosen for (lalm-chat --depths)
 
 
 class RunReport(Part):

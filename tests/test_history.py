@@ -324,12 +324,16 @@ def test_the_depth_table_has_a_row_per_measured_turn_with_the_recall_asked_after
             "of those asked after the turn)") in text
     table = text.split("after the turn)\n\n")[1].split("\n\n")[0].splitlines()
     assert [line.split() for line in table] == [
-        ["depth", "turn", "TTFT", "s", "prefill", "tok/s", "cached", "decode", "tok/s", "reason", "tok", "recall"],
-        ["505", "3", format(rows[0]["ttft_s"], ".3f"), tps[0], "-", tps[1], "0", "2/2"],
-        ["1105", "6", format(rows[1]["ttft_s"], ".3f"), tps[2], "-", tps[3], "0", "0/2"]]
+        ["target", "depth", "cl100k", "turn", "TTFT", "s", "prefill", "tok/s", "cached", "decode", "tok/s", "reason",
+         "tok", "recall"],
+        ["-", "505", str(rows[0]["context_tokens_est"]), "3", format(rows[0]["ttft_s"], ".3f"), tps[0], "-", tps[1], "0",
+         "2/2"],
+        ["-", "1105", str(rows[1]["context_tokens_est"]), "6", format(rows[1]["ttft_s"], ".3f"), tps[2], "-", tps[3],
+         "0", "0/2"]]
     assert "turn          tier  status" not in text               # the depth table stands for the turns
     md = run_main(report.main, ["--format", "markdown"], out).out
-    assert "## Depths" in md and f"| 505 | 3 | {format(rows[0]['ttft_s'], '.3f')} | {tps[0]} | - |" in md
+    assert "## Depths" in md and (f"| - | 505 | {rows[0]['context_tokens_est']} | 3 | "
+                                  f"{format(rows[0]['ttft_s'], '.3f')} | {tps[0]} | - |") in md
     doc = json.loads(run_main(report.main, ["--format", "json"], out).out)
     assert [(d["turn"], d["context_tokens"], d["probes"], d["recalled"]) for d in doc["depths"]] == [
         (3, 505, 2, 2), (6, 1105, 2, 0)]
@@ -338,7 +342,8 @@ def test_the_depth_table_has_a_row_per_measured_turn_with_the_recall_asked_after
     depths = page.find("table", "depths")
     assert [[c.text() for c in tr.find_all("th") + tr.find_all("td")] for tr in depths.find_all("tr")] == [
         [line for line in row] for row in depth_rows(load(doc))]
-    assert [c.text() for c in depths.find_all("tr")[1].find_all("td")][:2] == ["505", "3"]
+    assert [c.text() for c in depths.find_all("tr")[1].find_all("td")][:4] == [
+        "-", "505", str(rows[0]["context_tokens_est"]), "3"]
     assert page.find("p", "depths-title").text() == depth_title(load(doc)) + "."
 
 
@@ -353,12 +358,12 @@ def test_runs_over_one_history_are_compared_depth_by_depth(recording, facts):
     text = run_main(report.main, ["--depths"], cold + warm).out
     lines = text.splitlines()
     assert lines[0].startswith("Depths; history shared: both runs were sent the answers of run ")
-    assert lines[2].split() == ["prompt", "depth", "(cl100k)"] + [
+    assert lines[2].split() == ["prompt", "target", "depth", "(cl100k)"] + [
         w for i in ("[1]", "[2]") for w in ("TTFT", "s", i, "prefill", "tok/s", i, "cached", i,
                                             "decode", "tok/s", i, "reason", "tok", i, "recall", i)]
     for line, c, w, recall in zip(lines[3:5], cold_rows, warm_rows, ("2/2", "0/2")):
         assert c["context_tokens_est"] == w["context_tokens_est"]          # the same messages (cache_prompt)
-        assert line.split() == [str(c["prompt_id"]), str(c["context_tokens_est"])] + [
+        assert line.split() == [str(c["prompt_id"]), "-", str(c["context_tokens_est"])] + [
             x for r in (c, w) for x in (cell(r["ttft_s"], ".3f"), cell(r["prefill_tps"], ".1f"),
                                         _share(r), cell(r["decode_tps"], ".1f"), str(r["reasoning_tokens"]),
                                         recall)]
@@ -366,7 +371,7 @@ def test_runs_over_one_history_are_compared_depth_by_depth(recording, facts):
     csv_rows = run_main(report.main, ["--depths", "--format", "csv"], cold + warm).out.splitlines()
     assert csv_rows[0] == ("run_id,model,prefill,turn,prompt_id,context_tokens,context_tokens_source,"
                            "context_tokens_est,ttft_s,prefill_tps,cached_share,decode_tps,reasoning_tokens,"
-                           "probes,recalled,recall_ci95,ttft_sd,prefill_tps_sd,decode_tps_sd,repeats")
+                           "probes,recalled,recall_ci95,ttft_sd,prefill_tps_sd,decode_tps_sd,repeats,target_tokens")
     assert [row.split(",")[:8] for row in csv_rows[1:]] == [
         [run, "scripted", kind, str(r["turn"]), str(r["turn"]), str(r["context_tokens"]), "server",
          str(r["context_tokens_est"])]
@@ -406,8 +411,11 @@ def test_make_depth_runs_the_chosen_turns_and_keeps_the_depth_table(tmp_path):
     [rows] = tmp_path.glob("lalm_depth_run_*.metrics.jsonl")
     metrics_rows = [r for r in map(json.loads, rows.read_text().splitlines()) if r["kind"] == "metrics"]
     assert [r["turn"] for r in metrics_rows] == [2, 8]
-    assert [line.split(" | ")[:2] for line in table.read_text().splitlines()[4:]] == [
-        [f"| {r['context_tokens']}", str(r["turn"])] for r in metrics_rows]
+    # a deep request may take many minutes before its first token: not a stall
+    [recording_file] = [p for p in tmp_path.glob("lalm_depth_run_*.jsonl") if ".metrics." not in p.name]
+    assert json.loads(recording_file.read_text().splitlines()[0])["settings"]["stall_timeout"] == 1800
+    assert [line.split(" | ")[:4] for line in table.read_text().splitlines()[4:]] == [
+        ["| -", str(r["context_tokens"]), str(r["context_tokens_est"]), str(r["turn"])] for r in metrics_rows]
     assert "Depths (warm: " in done.stdout and f"depth table {table}" in done.stderr
     usage = subprocess.run(["make", "-s", "-o", "install", "depth", f"BIN={ROOT}/bin"], cwd=ROOT,
                            capture_output=True, text=True)
@@ -422,11 +430,13 @@ def test_depths_a_server_did_not_count_are_the_clients_marked_as_estimates(recor
     text = run_main(report.main, [], out.out).out
     assert "depth in client estimates" in text.splitlines()[2]
     table = text.split("after the turn)\n\n")[1].split("\n\n")[0].splitlines()[1:]
-    assert [line.split()[:3] for line in table] == [["≈", str(r["context_tokens_est"]), str(r["turn"])] for r in rows]
+    assert [line.split()[:5] for line in table] == [
+        ["-", "≈", str(r["context_tokens_est"]), str(r["context_tokens_est"]), str(r["turn"])] for r in rows]
     # the page marks them as the text does: in its depth table and its turn rows
     page = parse(run_main(report.main, ["--format", "html"], out.out).out)
     depths = [[c.text() for c in tr.find_all("td")] for tr in page.find("table", "depths").find_all("tr")[1:]]
-    assert [row[:2] for row in depths] == [[f"≈ {r['context_tokens_est']}", str(r["turn"])] for r in rows]
+    assert [row[:4] for row in depths] == [
+        ["-", f"≈ {r['context_tokens_est']}", str(r["context_tokens_est"]), str(r["turn"])] for r in rows]
     turns = [[c.text() for c in d.find("summary").find_all("span")] for d in page.find_all("details", "turn")]
     assert [row[2] for row in turns] == [f"≈ {r['context_tokens_est']}" for r in rows]
 
@@ -531,9 +541,11 @@ def test_the_depth_table_gives_the_mean_and_sd_of_each_turns_repeats(recording):
     cells = [[f"{s['ttft'][0]:.3f} ± {s['ttft'][1]:.3f}", f"{s['prefill'][0]:.1f} ± {s['prefill'][1]:.1f}",
               f"{s['decode'][0]:.1f} ± {s['decode'][1]:.1f}"] for s in stats]
     assert [" ".join(line.split()) for line in table[1:]] == [
-        f"{r['context_tokens']} {r['turn']} {c[0]} {c[1]} 0% {c[2]} 0 -" for r, c in zip((rows[2], rows[5]), cells)]
+        f"- {r['context_tokens']} {r['context_tokens_est']} {r['turn']} {c[0]} {c[1]} 0% {c[2]} 0 -"
+        for r, c in zip((rows[2], rows[5]), cells)]
     md = run_main(report.main, ["--format", "markdown"], out.out).out
-    assert (f"| {rows[2]['context_tokens']} | {rows[2]['turn']} | {cells[0][0]} | {cells[0][1]} | 0% "
+    assert (f"| - | {rows[2]['context_tokens']} | {rows[2]['context_tokens_est']} | {rows[2]['turn']} "
+            f"| {cells[0][0]} | {cells[0][1]} | 0% "
             f"| {cells[0][2]} |") in md
 
 
@@ -545,16 +557,16 @@ def test_the_depth_of_a_turn_sent_three_times_by_hand():
     rows = [row(3, 1, 1.0, 100.0, 10.0, 0), row(4, 2, 1.2, 120.0, 10.0, 500), row(5, 3, 1.4, 140.0, 13.0, 1000),
             row(8, None, 2.0, 50.0, 8.0, 0, prompt_id=6)]
     asked = [Recall(run_id="r", after_turn=5, fact_id="x", expected="1", answer="1", correct=True)]
-    three, once = aggregate.depths(rows, asked)
+    three, once = aggregate.depths(rows, asked, {3: 1024})
     assert (three.turn, three.prompt_id, three.repeats, three.context_tokens, three.probes, three.recalled) == (
         5, 3, 3, 1005, 1, 1)
     assert (three.ttft_s, three.ttft_sd, three.prefill_tps, three.prefill_tps_sd) == (1.2, 0.2, 120.0, 20.0)
     assert (three.decode_tps, three.decode_tps_sd) == (11.0, 1.732)            # sd: sqrt((1 + 1 + 4) / 2)
     assert (three.cached_share, three.reasoning_tokens) == (0.5, 8)            # 1,500 of 3,000 prompt tokens
     assert [get(three) for _, get in DEPTH_COLUMNS] == [
-        "1005", "5", "1.200 ± 0.200", "120.0 ± 20.0", "50%", "11.0 ± 1.7", "8", "1/1"]
+        "1024", "1005", "-", "5", "1.200 ± 0.200", "120.0 ± 20.0", "50%", "11.0 ± 1.7", "8", "1/1"]
     assert (once.turn, once.repeats, once.ttft_s, once.ttft_sd, once.decode_tps_sd) == (8, 1, 2.0, None, None)
-    assert [get(once) for _, get in DEPTH_COLUMNS][2:4] == ["2.000", "50.0"]
+    assert [get(once) for _, get in DEPTH_COLUMNS][:6] == ["-", "1008", "-", "8", "2.000", "50.0"]
 
 
 @pytest.mark.parametrize("flags", [["--repeat", "3"], ["--history", "h.jsonl", "--repeat", "2"]])

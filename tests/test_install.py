@@ -26,6 +26,7 @@ pytestmark = pytest.mark.install
 EXAMPLE = os.path.join(ROOT, "docs", "examples", "smollm2.jsonl")
 PROMPTS = os.path.join(ROOT, "prompts", "lalm_prompts.json")
 FACTS = os.path.join(ROOT, "prompts", "lalm_facts.json")
+REFERENCE = os.path.join(ROOT, "prompts", "lalm_reference.jsonl")
 # what a build of the package reads; copied so that building leaves nothing in the checkout
 BUILD_INPUTS = ("pyproject.toml", "README.md", "lalmpipe", "prompts")
 # nothing from the environment may lead the installed commands back to the checkout or a server
@@ -124,9 +125,9 @@ def recorded_usage_totals(path) -> tuple[int, int]:
     return prompt, completion
 
 
-def test_the_wheel_carries_the_prompts_and_the_facts(wheel):
+def test_the_wheel_carries_the_prompts_the_facts_and_the_reference(wheel):
     with zipfile.ZipFile(wheel) as whl:
-        for name in (PROMPTS, FACTS):
+        for name in (PROMPTS, FACTS, REFERENCE):
             with open(name, "rb") as fp:
                 assert whl.read("lalmpipe/data/" + os.path.basename(name)) == fp.read()
 
@@ -193,6 +194,22 @@ def test_installed_chat_finds_its_facts(venv_bin, elsewhere):
     assert run_record["settings"]["rule"] == facts["rule"]
     assert [f["id"] for f in run_record["settings"]["facts"]] == [f["id"] for f in facts["facts"]]
     assert [r["status"] for r in records if r["kind"] == "turn"] == ["ok"]
+
+
+def test_installed_chat_measures_depths_over_the_shipped_reference(venv_bin, elsewhere):
+    # the example recording answers prompts 1-8; the installed reference takes a request to
+    # 1k tokens within them, and the replay answers the recorded turn of that prompt
+    with replaying(venv_bin, elsewhere) as server:
+        out = run(["bash", "-c", pipeline(venv_bin, ("lalm-prompts",),
+                                          ("lalm-chat", "--base-url", server.url, "--depths", "1k", "-q"))],
+                  cwd=elsewhere).stdout
+    records = [json.loads(line) for line in out.splitlines()]
+    run_record = records[0]
+    [(prompt_id, target)] = run_record["settings"]["depths"]
+    assert target == 1024 and 1 < prompt_id <= 8
+    assert run_record["settings"]["history"]["run_id"] == "reference"
+    assert run_record["settings"]["history"]["answers"] == 231
+    assert [(r["prompt"]["id"], r["status"]) for r in records if r["kind"] == "turn"] == [(prompt_id, "ok")]
 
 
 def test_nothing_is_written_into_the_installed_package_at_run_time(venv_bin, elsewhere):

@@ -1,6 +1,7 @@
 """Sweeps of server configurations: the shorthands, what a run records of how the server was
 started, and a comparison that names what differs and says when the answers are broken."""
 import json
+import re
 
 import pytest
 
@@ -129,7 +130,8 @@ def test_make_sweep_over_two_servers_reports_each_and_judges_the_difference(tmp_
     [overall] = [v for v in doc["verdicts"] if v["figure"] == "recall" and v["where"] == "overall"]
     assert overall["values"][0] < overall["values"][1] == 1.0 and overall["n"] == [10, 10]
     assert overall["verdict"].startswith("differs (p = ")
-    assert "recall overall: " in done.stdout and "differs" in done.stdout
+    # each run named in the line by its label, with its own value
+    assert re.search(r"^recall overall: early \d+% vs never 100%: differs \(p = ", done.stdout, re.M), done.stdout
 
 
 @pytest.mark.make_target
@@ -185,3 +187,37 @@ def test_make_sweep_of_two_real_kv_cache_types_as_the_readme_writes_it(tmp_path)
     assert {v["figure"] for v in doc["verdicts"]} >= {"recall", "ttft_s", "decode_tps"}
     for ext in (".md", ".html"):
         assert out.with_suffix(ext).stat().st_size > 1000
+
+
+def probe_answers(text):
+    """Every answer a sound sentence; a question about a planted fact answered with `text`."""
+    from scripted import FACTS
+    questions = {f["question"] for f in FACTS["facts"]}
+
+    def answer(i, body):
+        said = text if body["messages"][-1]["content"] in questions else "A limiter caps the peaks of the bus."
+        return sse((0.01, _chunk({"content": said})), (0.02, _chunk({}, finish="stop")), (0.03, "[DONE]"))
+    return answer
+
+
+@pytest.mark.parametrize("said, health", [
+    ("# Tempo", "Health       most answers to the probes give no number at all (11 of 11, though each asks for one)"),
+    ("Not sure, 60?", None),            # forgetting names a wrong number: memory, not broken text
+])
+def test_answers_to_the_probes_that_give_no_number_are_named_in_the_health_line(api_key, tmp_path, said, health):
+    from scripted import FACTS
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps(FACTS))
+    with ForkedServer(probe_answers(said)) as srv:
+        ran = run_main(chat.main, ["--base-url", srv.base_url, "-q", "--probe-every", "1", "--facts", str(facts)],
+                       prompts_jsonl([f"q{i}" for i in range(6)]))
+    out = run_main(metrics.main, [], ran.out).out
+    text = run_main(report.main, [], out).out
+    doc = json.loads(run_main(report.main, ["--format", "json"], out).out)
+    assert (doc["memory"]["probes_answered"], doc["memory"]["probes_without_number"]) == (
+        11, 11 if health else 0)
+    assert doc["memory"]["repeat_3gram_ratio_mean"] < 0.35          # no loop: the 3-grams say nothing
+    if health:
+        assert health in text and "of 11 probe answers give no number" in text
+    else:
+        assert "Health" not in text

@@ -34,7 +34,7 @@ def markdown(doc: RunReport | Comparison, plot_path: str | None = None) -> str:
         if (settings := settings_sentence(reports)):
             head += [f"Settings: {settings}.", ""]
         if doc.verdicts:
-            head += [VERDICT_TITLE + ":", ""] + [f"- {line}" for line in verdict_lines(doc.verdicts)] + [""]
+            head += [VERDICT_TITLE + ":", ""] + [f"- {line}" for line in verdict_lines(doc.verdicts, doc.runs)] + [""]
     if several and plot_path:
         head += [f"![context growth]({plot_path})", ""]
     return "\n".join(head + [run_markdown(r, None if several else plot_path) for r in reports])

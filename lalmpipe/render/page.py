@@ -96,7 +96,8 @@ def render(reports: list[RunReport], texts: dict[tuple[str, int], TurnText] | No
             "comparison": comparison(reports) if several else None,
             "history": history_sentence(reports) if several else None,
             "settings_sentence": settings_sentence(reports) if several else None,
-            "verdicts": verdict_lines(verdicts) if several and verdicts else None, "verdict_title": VERDICT_TITLE,
+            "verdicts": verdict_lines(verdicts, reports) if several and verdicts else None,
+            "verdict_title": VERDICT_TITLE,
             "depth_comparison": depth_comparison(reports)
             if several and any(r.chose_depths for r in reports) else None,
             "comparison_figure": figure(reports, "c-") if several else None,

@@ -8,7 +8,7 @@ from ..results import Band, Memory, RunReport, Verdict
 from ..vocab import Status
 from ..aggregate import answer_health
 from ..configs import differences
-from ..recall import LOOPING_REPEAT
+from ..recall import LOOPING_REPEAT, NO_NUMBER_SHARE
 from .columns import approx, cell, count, heading, plural, share, span
 
 
@@ -120,7 +120,9 @@ def memory_lines(m: Memory | None) -> list[tuple[str, str]]:
                                "line could come, not judged" if m.hit_max_tokens else "")))
     out.append(("Degeneration", f"repeated 3-grams {cell(m.repeat_3gram_ratio_mean, 'repeat_3gram_ratio_mean')} "
                                 f"on average; {plural(m.empty_answers, 'empty answer')}; "
-                                f"{plural(m.hit_max_tokens, 'answer')} cut by max_tokens"))
+                                f"{plural(m.hit_max_tokens, 'answer')} cut by max_tokens"
+                                + (f"; {m.probes_without_number} of {plural(m.probes_answered, 'probe answer')} "
+                                   "give no number" if m.probes_answered else "")))
     return out
 
 
@@ -172,12 +174,17 @@ def history_sentence(reports: list[RunReport]) -> str:
         for r, s in zip(reports, sources))
 
 
-def verdict_lines(verdicts: list[Verdict]) -> list[str]:
-    """Each tested difference in a line: the figure, where, each run's value and the verdict."""
+def verdict_lines(verdicts: list[Verdict], reports: list[RunReport]) -> list[str]:
+    """Each tested difference in a line: the figure, where, each run by its name with its
+    value ("qwen 75% vs smollm 17%"; by run id where names repeat) and the verdict."""
+    names = [r.name for r in reports]
+    called = {r.run_id: r.name if names.count(r.name) == 1 else f"run {r.run_id}" for r in reports}
+
     def value(figure: str, v) -> str:
         return "?" if v is None else f"{v:.0%}" if figure == "recall" else cell(v, figure)
-    return [f"{heading(v.figure)} {v.where}: " + " vs ".join(value(v.figure, x) for x in v.values)
-            + f" (run {v.runs[1]} against {v.runs[0]}): {v.verdict}" for v in verdicts]
+    return [f"{heading(v.figure)} {v.where}: "
+            + " vs ".join(f"{called.get(run, f'run {run}')} {value(v.figure, x)}" for run, x in zip(v.runs, v.values))
+            + f": {v.verdict}" for v in verdicts]
 
 
 VERDICT_TITLE = ("Differences (each run against the first; recall by Fisher's exact test, speed by "
@@ -197,13 +204,21 @@ def settings_sentence(reports: list[RunReport]) -> str | None:
 
 
 def health_sentence(report: RunReport) -> str | None:
-    """The answers' health in words, when it is poor enough to read every other figure by."""
+    """The answers' health in words, when it is poor enough to read every other figure by:
+    answers that loop or are empty, or answers to the probes that give no number at all."""
     ok = [r for r in report.turns if r.status == Status.OK]
     repeat, empty = answer_health(ok)
-    if not ok or repeat is None:
-        return None
-    if repeat <= LOOPING_REPEAT and empty / len(ok) <= 0.25:
-        return None
-    what = "the answers loop on themselves" if repeat > LOOPING_REPEAT else "many answers are empty"
-    return (f"{what} (repeated 3-grams {repeat:.3f}, {plural(empty, 'empty answer')} of {len(ok)}): the model's "
-            "text is broken, and every other figure, recall above all, measures broken text")
+    if ok and repeat is not None and (repeat > LOOPING_REPEAT or empty / len(ok) > 0.25):
+        what = "the answers loop on themselves" if repeat > LOOPING_REPEAT else "many answers are empty"
+        return (f"{what} (repeated 3-grams {repeat:.3f}, {plural(empty, 'empty answer')} of {len(ok)}): the "
+                "model's text is broken, and every other figure, recall above all, measures broken text")
+    m = report.memory
+    if m and m.probes_answered >= MIN_PROBES_JUDGED and m.probes_without_number > NO_NUMBER_SHARE * m.probes_answered:
+        return (f"most answers to the probes give no number at all ({m.probes_without_number} of "
+                f"{m.probes_answered}, though each asks for one): the model's text does not answer, and "
+                "recall measures that, not memory")
+    return None
+
+
+# fewer probes than this say nothing of how the answers answer
+MIN_PROBES_JUDGED = 5

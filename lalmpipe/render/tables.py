@@ -67,7 +67,9 @@ def _spread(field: str) -> Callable[[Depth], str]:
 
 # the depth table: its heading, how to write a row's cell
 DEPTH_COLUMNS: tuple[tuple[str, Callable[[Depth], str]], ...] = (
+    ("target", lambda d: cell(d.target_tokens)),
     ("depth", lambda d: approx(cell(d.context_tokens), d.context_tokens_source == CountSource.ESTIMATE)),
+    ("cl100k", lambda d: cell(d.context_tokens_est)),
     ("turn", lambda d: cell(d.turn)),
     (heading("ttft_s"), _spread("ttft_s")),
     (heading("prefill_tps"), _spread("prefill_tps")),
@@ -75,8 +77,8 @@ DEPTH_COLUMNS: tuple[tuple[str, Callable[[Depth], str]], ...] = (
     (heading("decode_tps"), _spread("decode_tps")),
     (heading("reasoning_tokens"), lambda d: cell(d.reasoning_tokens)),
     (heading("recall"), _recall_cell))
-# per run in a comparison of depths: all but the depth and the turn, which the rows give
-DEPTH_COMPARED = DEPTH_COLUMNS[2:]
+# per run in a comparison of depths: all but the target, the depths and the turn, which the rows give
+DEPTH_COMPARED = DEPTH_COLUMNS[4:]
 
 
 def depth_title(report: RunReport) -> str:
@@ -99,13 +101,15 @@ def depth_comparison(reports: list[RunReport]) -> tuple[list[list[str]], list[st
     legend of the numbered runs."""
     by_prompt = [{d.prompt_id: d for d in r.depths} for r in reports]
     prompts = sorted({p for m in by_prompt for p in m if p is not None})
-    head = ["prompt", "depth (cl100k)"] + [f"{h} [{i}]" for i in range(1, len(reports) + 1)
-                                           for h, _ in DEPTH_COMPARED]
+    head = ["prompt", "target", "depth (cl100k)"] + [f"{h} [{i}]" for i in range(1, len(reports) + 1)
+                                                     for h, _ in DEPTH_COMPARED]
     rows = []
     for p in prompts:
         est = sorted({e for e in (m[p].context_tokens_est for m in by_prompt if p in m) if e is not None})
         depth = "-" if not est else f"{est[0]}" if len(est) == 1 else f"{est[0]}-{est[-1]}"
-        rows.append([str(p), depth] + [get(m[p]) if p in m else "-" for m in by_prompt for _, get in DEPTH_COMPARED])
+        target = next((m[p].target_tokens for m in by_prompt if p in m and m[p].target_tokens), None)
+        rows.append([str(p), cell(target), depth]
+                    + [get(m[p]) if p in m else "-" for m in by_prompt for _, get in DEPTH_COMPARED])
     legend = [f"[{i}] run {r.run_id}: {r.name}, {r.prefill}" for i, r in enumerate(reports, 1)]
     return [head] + rows, legend
 

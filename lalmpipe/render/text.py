@@ -27,7 +27,7 @@ def text(doc: RunReport | Comparison) -> str:
                      + f"\n\nHistory      {history_sentence(reports)}\n"
                      + (f"Settings     {settings}\n" if (settings := settings_sentence(reports)) else ""))
         if doc.verdicts:
-            parts.append(VERDICT_TITLE + "\n\n" + "\n".join(verdict_lines(doc.verdicts)) + "\n")
+            parts.append(VERDICT_TITLE + "\n\n" + "\n".join(verdict_lines(doc.verdicts, doc.runs)) + "\n")
         if any(r.chose_depths for r in reports):
             parts.append(depths_text(reports))
     return "\n".join(parts)
