@@ -326,8 +326,8 @@ def test_the_depth_table_has_a_row_per_measured_turn_with_the_recall_asked_after
     assert [line.split() for line in table] == [
         ["target", "depth", "cl100k", "turn", "TTFT", "s", "prefill", "tok/s", "cached", "decode", "tok/s", "reason",
          "tok", "recall"],
-        ["-", "505", str(rows[0]["context_tokens_est"]), "3", format(rows[0]["ttft_s"], ".3f"), tps[0], "-", tps[1], "0",
-         "2/2"],
+        ["-", "505", str(rows[0]["context_tokens_est"]), "3", format(rows[0]["ttft_s"], ".3f"), tps[0], "-", tps[1],
+         "0", "2/2"],
         ["-", "1105", str(rows[1]["context_tokens_est"]), "6", format(rows[1]["ttft_s"], ".3f"), tps[2], "-", tps[3],
          "0", "0/2"]]
     assert "turn          tier  status" not in text               # the depth table stands for the turns
