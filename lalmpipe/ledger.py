@@ -32,8 +32,6 @@ class Ledger:
         # the least the server can have counted of the last answered request (measure.truncated)
         self.prev_prompt_tokens: int | None = None
         self.prev_request_tokens: int | None = None
-        # the server's tokens per client token, from its last count of a whole prompt
-        self.ratio = 1.0
         # prompt id -> (turn, tokens before it, repeats that had entered nothing before it)
         self.asked_at: dict[int | None, tuple[int, int | None, int]] = {}
         # sendings of a chosen turn again (--repeat): numbered turns that are not the conversation's
@@ -56,7 +54,7 @@ class Ledger:
         row.conversation_tokens = _add(request_tokens, answer_n)
         _answer_signals(row, turn, view, self.rule_check)
         if turn.status == STATUS_OK:
-            self._counted(row, request_tokens, growth)
+            self._counted(row, growth)
             self.prev_request_tokens = request_tokens
         if entered is not None:
             self._enter(turn.prompt.id, turn.turn, prompt_n, answer_n)
@@ -70,13 +68,11 @@ class Ledger:
         return None if self.prev_request_tokens is None or request_tokens is None \
             else request_tokens - self.prev_request_tokens
 
-    def _counted(self, row: Metrics, request_tokens: int | None, growth: int | None) -> None:
+    def _counted(self, row: Metrics, growth: int | None) -> None:
         """Keep what an answered turn's prompt count says of the server's view."""
         source, n = row.prompt_tokens_source, row.prompt_tokens
         if source is not None and source.is_whole_prompt:
             self.prev_prompt_tokens = n
-            if request_tokens and n and not row.truncated:
-                self.ratio = measure.token_ratio(n, request_tokens)
         elif source == CountSource.SERVER_UNCACHED and self.prev_prompt_tokens is not None and n is not None:
             # this request held the last one, and the part the server counted beyond what it
             # had cached; no more of it than the request added (a cache that lost some of the
@@ -95,7 +91,8 @@ class Ledger:
         usage = view.usage or {}
         asked = _add(self.history_tokens, _count(probe.asked))
         prompt, source = measure.read_prompt_count(usage.get("prompt_tokens"), measure.cached_tokens(usage, None),
-                                                   asked, self._growth(asked), self.ratio)
+                                                   usage.get("completion_tokens"), asked, self._growth(asked),
+                                                   self.prev_prompt_tokens, self.window)
         return Recall(run_id=probe.run_id, after_turn=probe.after_turn, fact_id=probe.fact.id,
                       form=probe.form, question=probe.asked,
                       expected=probe.fact.answer, answer=view.content,
@@ -148,8 +145,8 @@ def _metrics(turn: Turn, view, conv: Ledger, request_tokens: int | None, growth:
     if counts["prompt_tokens"] is None and turn.error:
         counts["prompt_tokens"] = measure.overflow_prompt_tokens(turn.error.body)
     c = counts["completion_tokens"]    # the server's
-    prompt_n, prompt_source = measure.read_prompt_count(counts["prompt_tokens"], cached, request_tokens,
-                                                        growth, conv.ratio)
+    prompt_n, prompt_source = measure.read_prompt_count(counts["prompt_tokens"], cached, c, request_tokens,
+                                                        growth, conv.prev_prompt_tokens, conv.window)
     whole = prompt_source is not None and prompt_source.is_whole_prompt
     error = turn.error
     # where the server counted nothing, the client's count of what was sent and received

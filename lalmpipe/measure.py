@@ -3,7 +3,6 @@
 The per-run figures are lalmpipe.aggregate's."""
 from __future__ import annotations
 
-import math
 import re
 from typing import Sequence
 
@@ -127,54 +126,42 @@ def generated_tokens(counts: dict, n_token_chunks: int) -> int:
     return n_token_chunks
 
 
-def read_prompt_count(prompt_tokens: int | None, cached: int | None, request_tokens: int | None,
-                      request_growth: int | None, ratio: float) -> tuple[int | None, CountSource | None]:
+def read_prompt_count(prompt_tokens: int | None, cached: int | None, completion_tokens: int | None,
+                      request_tokens: int | None, request_growth: int | None, prev_prompt_tokens: int | None,
+                      window: int | None) -> tuple[int | None, CountSource | None]:
     """Read a server's prompt count against the client's own view of the request.
 
     `request_tokens` is the client's cl100k count of the whole request, `request_growth`
-    of what it added since the last answered one, `ratio` the server's tokens per client
-    token learnt from counts of whole prompts (1 before any). Returns the count and its
-    source: `server`, the whole prompt; `server+cached`, the whole as the uncached count
-    plus the `cached_tokens` the server gave beside it, where that sum is much nearer the
-    request than the count alone; `server-uncached`, only the part not cached (0, or about
-    what this request added and nearer that than the whole, on log scale; as some Ollama
-    releases counted): the whole is then unknown. Without a usage, the client's estimate.
+    of what it added since the last answered one, `prev_prompt_tokens` the least the
+    server can have counted of that one (see `truncated`). A count of the whole prompt
+    grew with the request: by at least `TRUNCATION_GROWTH_SHARE` of what it added (less
+    is truncation). A count short of that but within what this request added (at most
+    twice it, plus 64 for the template's tokens), or 0, is the part the server had not
+    cached (as some Ollama releases counted): `server-uncached`, the whole unknown; with
+    `cached_tokens` beside it that make up the shortfall, the two are the whole:
+    `server+cached`. A count that stays where the last whole one was, or fills the window,
+    is the whole, cut. Returns the
+    count and its source (`server`: the whole); without a usage, the client's estimate.
     """
     if prompt_tokens is None:
         return counted(None, request_tokens)
-    if request_tokens:
-        whole = ratio * request_tokens
-        if cached and _nearer(prompt_tokens + cached, prompt_tokens, whole):
-            return prompt_tokens + cached, CountSource.SERVER_CACHED
-        if request_growth is not None and _added_part(prompt_tokens, ratio * request_growth, whole):
-            return prompt_tokens, CountSource.SERVER_UNCACHED
-    if prompt_tokens == 0:      # the whole prompt came from the cache
+    if not request_tokens:          # no client count to read it against
+        return prompt_tokens, CountSource.SERVER
+    if prev_prompt_tokens is None or request_growth is None:        # the first answered request
+        return prompt_tokens, CountSource.SERVER_UNCACHED if prompt_tokens == 0 else CountSource.SERVER
+    least_whole = prev_prompt_tokens + TRUNCATION_GROWTH_SHARE * request_growth
+    stuck = prompt_tokens == prev_prompt_tokens         # the count stayed while the request grew
+    if prompt_tokens >= least_whole or stuck or window_full(prompt_tokens, completion_tokens, window):
+        return prompt_tokens, CountSource.SERVER
+    if cached and prompt_tokens + cached >= least_whole:
+        return prompt_tokens + cached, CountSource.SERVER_CACHED
+    if prompt_tokens <= PARTIAL_GROWTH_FACTOR * request_growth + PARTIAL_SLACK:
         return prompt_tokens, CountSource.SERVER_UNCACHED
-    return prompt_tokens, CountSource.SERVER
+    return prompt_tokens, CountSource.SERVER        # the whole, and less than was sent: truncation
 
 
 # a count within this of what one request added is a count of that part only
 PARTIAL_GROWTH_FACTOR, PARTIAL_SLACK = 2.0, 64
-# tokenizers differ from cl100k by less than this; a short prompt's count is mostly template
-TOKEN_RATIO_RANGE = (0.5, 2.0)
-
-
-def token_ratio(server_count: int, client_count: int) -> float:
-    """The server's tokens per client token of a whole prompt, held to what tokenizers differ by."""
-    low, high = TOKEN_RATIO_RANGE
-    return min(high, max(low, server_count / client_count))
-
-
-def _nearer(a: float, b: float, target: float) -> bool:
-    """Whether a is nearer target than b is, on log scale."""
-    return abs(math.log(max(a, 1) / target)) < abs(math.log(max(b, 1) / target))
-
-
-def _added_part(count: int, part: float, whole: float) -> bool:
-    """Whether a count is of about what the request added (the server's template adds
-    a few tokens a message: the slack), and nearer that than the whole on log scale
-    (count² below part × whole: count below their geometric mean)."""
-    return count <= PARTIAL_GROWTH_FACTOR * part + PARTIAL_SLACK and count * count < max(part, 1.0) * whole
 
 
 def truncated(prompt_tokens: int | None, completion_tokens: int | None,

@@ -249,7 +249,7 @@ def test_stopping_a_server_stops_its_whole_process_group():
 
 def test_extra_arguments_come_after_lalmpipes_own_from_the_class_and_the_command_line():
     srv = localserver.LocalServer("smollm2-135m", ctx=512, extra=["-ctk", "q8_0", "-ctv", "q8_0"])
-    assert srv.cmd[-9:] == ["--no-webui", "-lv", "4", "-c", "512", "-ctk", "q8_0", "-ctv", "q8_0"]
+    assert srv.cmd[-7:] == ["--no-webui", "-c", "512", "-ctk", "q8_0", "-ctv", "q8_0"]
     for name in ("start", "run"):
         args = command.parser().parse_args(
             [name, "--server-args=-ctk q8_0 -ctv q8_0", "--server-args", "-fa on", "--server-args=--jinja",

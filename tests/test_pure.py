@@ -202,26 +202,22 @@ def test_reasoning_share_counts_answered_turns_only():
     assert (s.turns_with_reasoning, s.share) == (1, 0.5)
 
 
-@pytest.mark.parametrize("prompt, cached, whole, growth, ratio, read", [
-    (0, None, 960, 60, 1.0, (0, "server-uncached")),           # Ollama: the whole prompt came from its cache
-    (75, None, 960, 60, 1.0, (75, "server-uncached")),         # only what was added since the last request
-    (62, None, 100, 62, 1.0, (62, "server-uncached")),         # ... more than the first prompt held
-    (3, None, 960, 0, 1.1, (3, "server-uncached")),            # the same request again (--repeat)
-    (62, 38, 100, 62, 1.0, (100, "server+cached")),            # the uncached part, with the cached beside it
-    (1000, 900, 960, 60, 1.05, (1000, "server")),              # llama.cpp: the whole, of which 900 cached
-    (None, None, 960, 60, 1.0, (960, "estimate")),
-    (950, None, 900, 60, 1.0, (950, "server")),                # the whole prompt, grown
-    (2040, None, 2108, 60, 1.0, (2040, "server")),             # a truncating server: stuck near its window
-    (700, None, 400, 200, 2.0, (700, "server")),               # nearer the whole than the added part
-    (120, None, 110, None, 1.0, (120, "server")),              # nothing to compare with on the first turn
-    (90, None, None, None, 1.0, (90, "server")),               # no client count to compare with
+@pytest.mark.parametrize("prompt, cached, whole, growth, prev, window, read", [
+    (0, None, 960, 60, 900, None, (0, "server-uncached")),          # Ollama: the whole prompt came from its cache
+    (75, None, 960, 60, 900, None, (75, "server-uncached")),        # only what was added since the last request
+    (62, None, 84, 52, 38, None, (62, "server-uncached")),          # ... more than the first prompt held
+    (3, None, 960, 0, 900, None, (3, "server-uncached")),           # the same request again (--repeat)
+    (62, 38, 84, 52, 38, None, (100, "server+cached")),             # the uncached part, the cached beside it
+    (1000, 900, 960, 60, 940, None, (1000, "server")),              # llama.cpp: the whole, of which 900 cached
+    (None, None, 960, 60, 900, None, (960, "estimate")),
+    (950, None, 900, 60, 890, None, (950, "server")),               # the whole prompt, grown
+    (2040, None, 2108, 60, 2040, None, (2040, "server")),           # a truncating server: stuck, far above a part
+    (500, None, 700, 300, 500, 512, (500, "server")),               # stuck at the window it reported
+    (120, None, 110, None, None, None, (120, "server")),            # nothing to compare with on the first turn
+    (90, None, None, None, None, None, (90, "server")),             # no client count to compare with
 ])
-def test_a_count_of_the_uncached_part_only_is_read_as_such(prompt, cached, whole, growth, ratio, read):
-    assert measure.read_prompt_count(prompt, cached, whole, growth, ratio) == read
-
-
-def test_the_token_ratio_is_held_to_what_tokenizers_differ_by():
-    assert [measure.token_ratio(s, 100) for s in (110, 400, 20)] == [1.1, 2.0, 0.5]
+def test_a_count_of_the_uncached_part_only_is_read_as_such(prompt, cached, whole, growth, prev, window, read):
+    assert measure.read_prompt_count(prompt, cached, 12, whole, growth, prev, window) == read
 
 
 def test_overflow_bodies_give_the_prompt_size():

@@ -72,11 +72,13 @@ def test_growing_conversation_on_the_real_server(server, api_key):
         assert r["prefill_tps"] > 0 and server_tps / 2 < r["decode_tps"] < server_tps * 2
         assert r["completion_tokens"] == r["server_timings"]["predicted_n"]
         assert r["truncated"] is False
-    # client TTFT = server prompt time + the first token's time + a few ms of HTTP: never less, in the
-    # median turn within 10 ms, and a scheduling hiccup of a busy machine (seen up to 11 ms) at worst
+    # client TTFT = server prompt time + the first token's time + a few ms of HTTP: in the median turn
+    # within 10 ms, and a scheduling hiccup of a busy machine (seen up to 11 ms) at worst. Less only
+    # by what the clock's start can lag the request's last byte: the server's two threads take both
+    # cores the moment it arrives, and the client's note of the time waits for a core (seen to 24 ms)
     gaps = [r["ttft_s"] * 1000 - r["server_timings"]["prompt_ms"] - r["server_timings"]["predicted_per_token_ms"]
             for r in rows]
-    assert min(r["ttft_s"] * 1000 - r["server_timings"]["prompt_ms"] for r in rows) >= 0, gaps
+    assert min(r["ttft_s"] * 1000 - r["server_timings"]["prompt_ms"] for r in rows) >= -30, gaps
     assert statistics.median(gaps) <= 10 and max(gaps) <= 50, gaps
 
 
@@ -246,12 +248,13 @@ def test_a_fixed_history_at_two_depths_warm_and_cold(server, api_key):
     # the depth table: a row per measured turn at the server's count, the two runs side by side
     table = run_main(report.main, ["--depths"], outs[True] + outs[False]).out.splitlines()
     assert table[0].startswith("Depths; history shared: both runs were sent the answers of run ")
-    assert [line.split()[:3] for line in table[3:5]] == [
-        [str(c["turn"]), str(c["context_tokens_est"]), format(c["ttft_s"], ".3f")] for c in rows[True]]
+    assert [line.split()[:4] for line in table[3:5]] == [
+        [str(c["turn"]), "-", str(c["context_tokens_est"]), format(c["ttft_s"], ".3f")] for c in rows[True]]
     for cold, kind in ((True, "cold"), (False, "warm")):
         own = run_main(report.main, [], outs[cold]).out
         assert own.splitlines()[2].startswith(f"Depths ({kind}: ")
-        depths = [line.split()[:2] for line in own.split("after the turn)\n\n")[1].splitlines()[1:3]]
-        assert depths == [[str(r["prompt_tokens"] + r["completion_tokens"]), str(r["turn"])] for r in rows[cold]]
+        depths = [line.split()[:4] for line in own.split("after the turn)\n\n")[1].splitlines()[1:3]]
+        assert depths == [["-", str(r["prompt_tokens"] + r["completion_tokens"]), str(r["context_tokens_est"]),
+                           str(r["turn"])] for r in rows[cold]]
     print("cold vs warm TTFT at turn 8:", rows[True][1]["ttft_s"], rows[False][1]["ttft_s"],
           "prefill tok/s:", rows[True][1]["prefill_tps"], rows[False][1]["prefill_tps"])

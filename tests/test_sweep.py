@@ -162,7 +162,7 @@ def test_make_sweep_of_two_real_kv_cache_types_as_the_readme_writes_it(tmp_path)
     from conftest import ROOT
     done = subprocess.run(
         ["make", "-s", "-o", "install", "-o", "server-bin", "sweep", f"LOGS={tmp_path}", "MODEL=smollm2-135m",
-         "CONFIGS=kv=f16 kv=q8_0", "DEPTHS=1k,2k", "CHAT_ARGS=--probe-every 1"],
+         "CONFIGS=kv=f16 kv=q8_0", "SERVER_ARGS=-lv 4", "DEPTHS=1k,2k", "CHAT_ARGS=--probe-every 1"],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     [out] = tmp_path.glob("lalm_sweep_*Z.json")
@@ -171,8 +171,8 @@ def test_make_sweep_of_two_real_kv_cache_types_as_the_readme_writes_it(tmp_path)
     assert [r["run"]["label"] for r in runs] == ["smollm2-135m/kv=f16", "smollm2-135m/kv=q8_0"]
     assert [r["run"]["server"]["config"]["extra_args"][:4] for r in runs] == [
         ["-ctk", "f16", "-ctv", "f16"], ["-ctk", "q8_0", "-ctv", "q8_0"]]
-    assert runs[1]["run"]["server"]["config"]["extra_args"][4:6] == ["-fa", "on"]
-    # the server's log says what its KV cache took: q8_0 about half of f16 (8.5 bits a value, not 16)
+    assert runs[1]["run"]["server"]["config"]["extra_args"][4:] == ["-fa", "on", "-lv", "4"]
+    # at verbosity 4 the server's log says what its KV cache took: q8_0 about half of f16 (8.5 bits a value)
     f16, q8 = (r["run"]["server"]["config"]["kv_cache_mib"] for r in runs)
     assert 1.7 < f16 / q8 < 2.0
     assert "the runs differ in: cache-type-k, cache-type-v, flash-attn" in done.stdout

