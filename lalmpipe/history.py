@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Iterator
 
 from .errors import InputError, UsageError
+from .facts import DEFAULT_FACTS, load_facts
 from .jsonl import recording
 from .prompts import DEFAULT_FILE
 from .prompts import load as load_prompts
@@ -107,22 +109,44 @@ def reference_history() -> History:
                                  sha256=digest(answers), answers=len(answers)), answers)
 
 
+def requests(history: History, prompts: list[Prompt], extra_tokens: int = 0) -> Iterator[tuple[Prompt, int, int]]:
+    """Each prompt with the client's cl100k count of what its request carries before it (the
+    history's exchanges so far and `extra_tokens`: the system message, the standing rule) and
+    of the whole request."""
+    before = extra_tokens
+    for p in prompts:
+        request = before + (count(p.text) or 0)
+        yield p, before, request
+        before = request + (count(history.answer(p.id)) or 0) if p.id in history.answers else request
+
+
+def fact_depths() -> list[tuple[str, int, int]]:
+    """Where each planted fact stands in the reference conversation: (fact, the prompt that
+    states it, the cl100k token position at which that prompt starts)."""
+    starts = {p.id: before for p, before, _ in requests(reference_history(), load_prompts(DEFAULT_FILE))}
+    return [(f.id, f.stated_in, starts[f.stated_in]) for f in load_facts(DEFAULT_FACTS)["facts"]]
+
+
+def depth_table() -> str:
+    """The facts' depths as a Markdown table (the README's)."""
+    rows = ["| fact | stated in prompt | at token |", "|---|---|---|"]
+    return "\n".join(rows + [f"| {f} | {p} | {t:,} |" for f, p, t in fact_depths()])
+
+
 def depth_turns(history: History, prompts: list[Prompt], targets: list[int], extra_tokens: int = 0) -> dict[int, int]:
     """For each depth in tokens, the first prompt whose request reaches it: the client's
     cl100k count of the history before it, its own text and `extra_tokens` (the system
     message, the standing rule). Returns prompt id -> depth; a depth deeper than the last
     request is refused, naming how deep the history goes."""
     chosen: dict[int, int] = {}
-    before, deepest = extra_tokens, 0
+    deepest = 0
     pending = sorted(set(targets))
-    for p in prompts:
-        request = before + (count(p.text) or 0)
+    for p, _, request in requests(history, prompts, extra_tokens):
         deepest = request
         while pending and request >= pending[0]:
             chosen.setdefault(p.id, pending.pop(0))
         if not pending:
             return chosen
-        before = request + (count(history.answer(p.id)) or 0) if p.id in history.answers else request
     raise UsageError(f"--depths {pending[0]:,}: the history ({history.source.path}) reaches {deepest:,} tokens "
                      f"at its last prompt, the deepest depth it gives")
 

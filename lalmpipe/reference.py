@@ -72,24 +72,6 @@ def read_reference(path=REFERENCE) -> tuple[dict, dict[int, dict]]:
     return lines[0], {r["prompt_id"]: r for r in lines[1:]}
 
 
-def fact_depths(path=REFERENCE) -> list[tuple[str, int, int]]:
-    """Where each planted fact stands in the reference conversation: (fact, the prompt that
-    states it, the cl100k token position at which that prompt starts)."""
-    from .tokens import count
-    _, answers = read_reference(path)
-    start, at = 0, {}
-    for p in load(DEFAULT_FILE):
-        at[p.id] = start
-        start += (count(p.text) or 0) + ((count(answers[p.id]["answer"]) or 0) if p.id in answers else 0)
-    return [(f.id, f.stated_in, at[f.stated_in]) for f in load_facts(DEFAULT_FACTS)["facts"]]
-
-
-def depth_table(path=REFERENCE) -> str:
-    """The facts' depths as a Markdown table (the README's)."""
-    rows = ["| fact | stated in prompt | at token |", "|---|---|---|"]
-    return "\n".join(rows + [f"| {f} | {p} | {t:,} |" for f, p, t in fact_depths(path)])
-
-
 # ---- what an answer must not say ----
 
 def leaks(sentence: str, fact: Fact) -> bool:

@@ -212,9 +212,14 @@ class RunReport(Part):
         return (self.run.label if self.run else None) or self.model
 
     @property
+    def _config(self) -> dict:
+        """How the project's server was started for the run ({} for another server)."""
+        return (self.run.server.config if self.run else None) or {}
+
+    @property
     def server_settings(self) -> dict[str, str] | None:
         """How the project's server was started for the run, setting by setting (None for another server)."""
-        config = self.run.server.config if self.run else None
+        config = self._config
         if not config:
             return None
         return {"engine": str(config.get("engine")), "model-file": str(config.get("model_file")),
@@ -224,8 +229,7 @@ class RunReport(Part):
     @property
     def kv_cache_mib(self) -> float | None:
         """The memory the project's server said its KV cache took for the run (None where unknown)."""
-        config = self.run.server.config if self.run else None
-        size = (config or {}).get("kv_cache_mib")
+        size = self._config.get("kv_cache_mib")
         return float(size) if isinstance(size, (int, float)) else None
 
     @property

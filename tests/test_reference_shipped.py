@@ -1,6 +1,6 @@
 """The reference conversation that ships (prompts/lalm_reference.jsonl): its provenance, its
 size, its health, and that it leaks no planted fact."""
-from lalmpipe import reference
+from lalmpipe import history, reference
 from lalmpipe.facts import DEFAULT_FACTS, load_facts
 from lalmpipe.tokens import count
 
@@ -49,7 +49,7 @@ def test_the_readme_gives_where_each_fact_stands():
 
     from conftest import ROOT
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fp:
-        assert reference.depth_table() in fp.read()
+        assert history.depth_table() in fp.read()
 
 
 def test_the_answers_stay_on_the_topic_of_their_prompts():
